@@ -1,0 +1,200 @@
+"""Normalised record types, enums and symbol normalisation.
+
+Every record carries ``exchange``, ``market``, ``symbol`` (normalised ``BASE-QUOTE``), ``instrument``
+(the venue's own id), ``ts`` (exchange event time) and ``recv_ts`` (local receive time), both integer
+microseconds since the epoch. Prices and sizes stay the exchange's decimal strings: nothing is lost in a
+float round trip, and venue checksums are computed over exactly these strings.
+
+The records are msgspec Structs: the bus payload is ``msgspec.json.encode(record)`` (field names as
+declared here, see ``docs/payloads.md``) and decoding is typed by the subject's data type.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import ClassVar
+
+import msgspec
+
+
+class Exchange(StrEnum):
+    BINANCE = "binance"
+    OKX = "okx"
+    BYBIT = "bybit"
+    DERIBIT = "deribit"
+
+
+class Market(StrEnum):
+    SPOT = "spot"
+    PERPETUAL = "perpetual"
+    FUTURE = "future"
+    OPTION = "option"
+
+
+class DataType(StrEnum):
+    TRADE = "trade"
+    DEPTH = "depth"
+    TICKER = "ticker"
+    STATUS = "status"
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+# A price level exactly as the venue sent it: (price, size) decimal strings.
+Level = tuple[str, str]
+
+
+class Record(msgspec.Struct, kw_only=True, gc=False):
+    """Fields shared by every record type."""
+
+    data_type: ClassVar[DataType]
+
+    exchange: str
+    market: str
+    symbol: str
+    instrument: str
+    ts: int
+    recv_ts: int
+
+    def subject(self) -> str:
+        return f"md.{self.data_type}.{self.exchange}.{self.market}.{self.symbol}"
+
+    def natural_key(self) -> str:  # pragma: no cover - every concrete type overrides it
+        raise NotImplementedError
+
+
+class Trade(Record, kw_only=True, gc=False):
+    """One trade (or one Binance aggTrade when ``aggregate`` is true).
+
+    ``side`` is the taker's side. ``trade_id`` is the venue's id as a string; for an aggTrade it is the
+    aggregate id and ``first_trade_id``/``last_trade_id`` hold the range of underlying trade ids.
+    """
+
+    data_type: ClassVar[DataType] = DataType.TRADE
+
+    trade_id: str
+    price: str
+    size: str
+    side: str
+    aggregate: bool = False
+    first_trade_id: int | None = None
+    last_trade_id: int | None = None
+
+    def natural_key(self) -> str:
+        kind = "aggtrade" if self.aggregate else "trade"
+        return f"{kind}:{self.exchange}:{self.market}:{self.symbol}:{self.trade_id}"
+
+
+class Depth(Record, kw_only=True, gc=False):
+    """A raw L2 update (or venue snapshot) with the venue's own sequence fields kept intact.
+
+    Mapping of sequence fields per venue:
+      Binance: ``first_seq`` = U, ``seq`` = u, ``prev_seq`` = pu (USDⓈ-M only).
+      OKX:     ``seq`` = seqId, ``prev_seq`` = prevSeqId (absent in pre-2023 frames), ``checksum``.
+      Bybit:   ``seq`` = u, ``cross_seq`` = seq.
+    A size of "0" deletes the level.
+    """
+
+    data_type: ClassVar[DataType] = DataType.DEPTH
+
+    is_snapshot: bool
+    bids: list[Level]
+    asks: list[Level]
+    seq: int | None = None
+    first_seq: int | None = None
+    prev_seq: int | None = None
+    cross_seq: int | None = None
+    checksum: int | None = None
+
+    def natural_key(self) -> str:
+        # OKX frames from before seqId existed are identified by time and checksum.
+        ident = self.seq if self.seq is not None else f"{self.ts}:{self.checksum}"
+        kind = "snap" if self.is_snapshot else "upd"
+        return f"depth:{self.exchange}:{self.market}:{self.symbol}:{kind}:{ident}"
+
+
+class Ticker(Record, kw_only=True, gc=False):
+    """Best bid and ask. ``seq`` is the venue's update id where it has one (Binance u, Bybit/OKX seq)."""
+
+    data_type: ClassVar[DataType] = DataType.TICKER
+
+    bid_price: str
+    bid_size: str
+    ask_price: str
+    ask_size: str
+    seq: int | None = None
+    last_price: str | None = None
+
+    def natural_key(self) -> str:
+        ident = self.seq if self.seq is not None else self.ts
+        return f"ticker:{self.exchange}:{self.market}:{self.symbol}:{ident}"
+
+
+class Status(Record, kw_only=True, gc=False):
+    """A connection event for one symbol: downstream books must treat ``disconnected`` as a possible gap.
+
+    ``event`` is one of ``connected``, ``disconnected``. ``connection`` identifies the WebSocket
+    connection (venue, shard, attempt) so the natural key is unique per event.
+    """
+
+    data_type: ClassVar[DataType] = DataType.STATUS
+
+    event: str
+    connection: str
+    reason: str = ""
+
+    def natural_key(self) -> str:
+        return f"status:{self.exchange}:{self.market}:{self.symbol}:{self.connection}:{self.event}"
+
+
+RECORD_TYPES: dict[DataType, type[Record]] = {
+    DataType.TRADE: Trade,
+    DataType.DEPTH: Depth,
+    DataType.TICKER: Ticker,
+    DataType.STATUS: Status,
+}
+
+# Quote assets recognised when a venue writes instruments without a separator (Binance, Bybit). Longest
+# first so that "FDUSD" wins over "USD" and "USDT" over "USD".
+QUOTE_ASSETS: tuple[str, ...] = tuple(
+    sorted(
+        {
+            "USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USDP", "DAI", "USD", "EUR", "GBP", "TRY", "BRL",
+            "AUD", "RUB", "UAH", "JPY", "BIDR", "IDRT", "NGN", "ZAR", "PLN", "RON", "ARS", "MXN", "COP",
+            "BTC", "ETH", "BNB", "XRP", "TRX", "DOGE", "DOT", "SOL", "VAI", "PAX", "BVND", "AEUR",
+        },
+        key=len,
+        reverse=True,
+    )
+)
+
+
+class SymbolError(ValueError):
+    """An instrument id that cannot be normalised."""
+
+
+def split_concatenated(instrument: str, known: dict[str, str] | None = None) -> str:
+    """``BTCUSDT`` -> ``BTC-USDT``. ``known`` (from exchangeInfo) wins over the quote-suffix rule."""
+    inst = instrument.upper()
+    if known and inst in known:
+        return known[inst]
+    for quote in QUOTE_ASSETS:
+        if inst.endswith(quote) and len(inst) > len(quote):
+            return f"{inst[: -len(quote)]}-{quote}"
+    raise SymbolError(f"cannot split instrument {instrument!r} into base and quote")
+
+
+def split_dashed(instrument: str) -> str:
+    """``BTC-USDT``, ``BTC-USDT-SWAP`` and ``BTC-USD-220527`` -> ``BTC-USDT`` / ``BTC-USD``."""
+    parts = instrument.upper().split("-")
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise SymbolError(f"cannot split instrument {instrument!r} into base and quote")
+    return f"{parts[0]}-{parts[1]}"
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000

@@ -1,0 +1,97 @@
+"""The shape every venue module declares: endpoints, channels, limits, heartbeat, parser.
+
+A venue module owns its whole wire protocol. Sessions, the simulator and the tests read the same
+``Venue`` declarations, so pointing a collector at the simulator changes only the base URLs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from marketprism.records import DataType, Exchange, Market, Record
+
+
+class ParseError(ValueError):
+    """A frame that could not be turned into records. The session counts it and carries on."""
+
+    def __init__(self, venue: str, reason: str, frame: str | bytes):
+        text = frame.decode("utf-8", "replace") if isinstance(frame, bytes | bytearray) else str(frame)
+        snippet = text if len(text) <= 160 else text[:157] + "..."
+        super().__init__(f"{venue}: {reason}: {snippet!r}")
+        self.venue = venue
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """How a connection is kept alive.
+
+    ``server_ping``: the server sends WebSocket pings and the client answers pongs (websockets does this).
+    ``client_text``: the client sends ``message`` every ``every_s`` seconds and the server answers.
+    """
+
+    kind: str  # "server_ping" | "client_text"
+    every_s: float = 20.0
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-connection limits, kept below each venue's documented maximum."""
+
+    streams_per_connection: int
+    args_per_subscribe: int
+    subscribe_messages_per_s: float
+    # Venues that cut connections after a fixed age (Binance: 24 h) get rotated before the cut.
+    max_connection_age_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """One stream on a connection: a venue channel for one instrument."""
+
+    data_type: DataType
+    channel: str
+    instrument: str
+
+
+class Parser(Protocol):
+    def parse(self, frame: str | bytes, recv_ts: int) -> list[Record]: ...
+
+
+@dataclass(frozen=True)
+class Venue:
+    name: str  # "binance_spot", used on the CLI and as the simulator's path prefix
+    exchange: Exchange
+    market: Market
+    ws_url: str  # live base, e.g. "wss://stream.binance.com:9443"
+    ws_path: str  # e.g. "/stream"
+    rest_url: str
+    channels: dict[DataType, str]
+    heartbeat: Heartbeat
+    limits: Limits
+    to_instrument: Callable[[str], str]  # "BTC-USDT" -> venue id
+    subscribe_messages: Callable[[Sequence[Subscription], int], list[str]]  # (subs, first request id)
+    unsubscribe_messages: Callable[[Sequence[Subscription], int], list[str]]
+    new_parser: Callable[[], Parser]
+    depth_levels: int = 0  # for venues whose book channel names a depth (Bybit orderbook.N)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def subscriptions(self, symbols: Sequence[str], data_types: Sequence[DataType]) -> list[Subscription]:
+        unknown = [dt for dt in data_types if dt not in self.channels]
+        if unknown:
+            raise ValueError(f"{self.name} has no channel for data type(s) {', '.join(map(str, unknown))}")
+        return [
+            Subscription(dt, self.channels[dt], self.to_instrument(symbol))
+            for symbol in symbols
+            for dt in data_types
+        ]
+
+    def url(self, ws_base: str | None = None) -> str:
+        return (ws_base or self.ws_url).rstrip("/") + self.ws_path
+
+
+def chunks(items: Sequence[Subscription], size: int) -> list[Sequence[Subscription]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

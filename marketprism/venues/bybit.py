@@ -1,0 +1,193 @@
+"""Bybit v5 public WebSocket, linear (USDT) perpetuals.
+
+Connection: ``/v5/public/linear``; ``{"op":"subscribe","args":["publicTrade.BTCUSDT",..],"req_id":"N"}``
+(at most 10 args per request); replies ``{"success":..,"ret_msg":..,"op":"subscribe"}``.
+Heartbeat: the client sends ``{"op":"ping"}`` every 20 s; the server replies with ``op`` pong.
+Topics: ``publicTrade.<sym>`` (data: list of trades, ``S`` Buy/Sell is the taker side, ``i`` the trade id),
+``orderbook.<N>.<sym>`` (``type`` snapshot|delta; ``u`` update id, +1 per message; ``seq`` cross
+sequence; a snapshot with ``u == 1`` means the service restarted and the book must be replaced),
+``tickers.<sym>`` (snapshot then deltas that carry only the changed fields, so best bid/ask are merged
+per instrument here; ``cs`` is the cross sequence). Times are milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+import orjson
+
+from marketprism.records import (
+    DataType,
+    Depth,
+    Exchange,
+    Level,
+    Market,
+    Record,
+    Ticker,
+    Trade,
+    split_concatenated,
+)
+from marketprism.venues.base import Heartbeat, Limits, ParseError, Subscription, Venue
+
+
+class _Frame(msgspec.Struct):
+    topic: str | None = None
+    type: str | None = None
+    ts: int | None = None
+    data: msgspec.Raw = msgspec.Raw(b"")
+    cs: int | None = None
+    op: str | None = None
+    success: bool | None = None
+    ret_msg: str | None = None
+
+
+class _Trade(msgspec.Struct):
+    T: int
+    s: str
+    S: str
+    v: str
+    p: str
+    i: str
+
+
+class _Book(msgspec.Struct):
+    s: str
+    b: list[Level]
+    a: list[Level]
+    u: int
+    seq: int | None = None
+
+
+class _Ticker(msgspec.Struct):
+    symbol: str
+    bid1Price: str | None = None
+    bid1Size: str | None = None
+    ask1Price: str | None = None
+    ask1Size: str | None = None
+    lastPrice: str | None = None
+
+
+_frame = msgspec.json.Decoder(_Frame)
+_trades = msgspec.json.Decoder(list[_Trade])
+_book = msgspec.json.Decoder(_Book)
+_ticker = msgspec.json.Decoder(_Ticker)
+
+
+def to_instrument(symbol: str) -> str:
+    return symbol.replace("-", "").upper()
+
+
+class BybitParser:
+    def __init__(self, venue_name: str, market: Market):
+        self.venue_name = venue_name
+        self.market = market.value
+        self._symbols: dict[str, str] = {}
+        self._bbo: dict[str, list[str | None]] = {}  # instrument -> [bid, bid size, ask, ask size, last]
+
+    def _symbol(self, instrument: str) -> str:
+        sym = self._symbols.get(instrument)
+        if sym is None:
+            sym = self._symbols[instrument] = split_concatenated(instrument)
+        return sym
+
+    def parse(self, frame: str | bytes, recv_ts: int) -> list[Record]:
+        try:
+            f = _frame.decode(frame)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ParseError(self.venue_name, f"not a Bybit frame ({exc})", frame) from None
+        if f.topic is None:
+            if f.op is not None:
+                if f.success is False:
+                    raise ParseError(self.venue_name, f"{f.op} failed: {f.ret_msg}", frame)
+                return []  # subscribe replies and pongs
+            raise ParseError(self.venue_name, "frame has neither topic nor op", frame)
+        if not f.data or f.ts is None:
+            raise ParseError(self.venue_name, "data frame without data or ts", frame)
+        kind = f.topic.partition(".")[0]
+        try:
+            if kind == "publicTrade":
+                return [self._trade(t, recv_ts) for t in _trades.decode(f.data)]
+            if kind == "orderbook":
+                return [self._depth(_book.decode(f.data), f, recv_ts)]
+            if kind == "tickers":
+                return self._ticker(_ticker.decode(f.data), f, recv_ts)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ParseError(self.venue_name, f"bad {kind} payload ({exc})", frame) from None
+        except ValueError as exc:
+            raise ParseError(self.venue_name, str(exc), frame) from None
+        return []
+
+    def _trade(self, t: _Trade, recv_ts: int) -> Trade:
+        return Trade(
+            exchange="bybit", market=self.market, symbol=self._symbol(t.s), instrument=t.s,
+            ts=t.T * 1000, recv_ts=recv_ts, trade_id=t.i, price=t.p, size=t.v, side=t.S.lower(),
+        )  # fmt: skip
+
+    def _depth(self, d: _Book, f: _Frame, recv_ts: int) -> Depth:
+        return Depth(
+            exchange="bybit", market=self.market, symbol=self._symbol(d.s), instrument=d.s,
+            ts=(f.ts or 0) * 1000, recv_ts=recv_ts, is_snapshot=f.type == "snapshot", bids=d.b, asks=d.a,
+            seq=d.u, cross_seq=d.seq,
+        )  # fmt: skip
+
+    def _ticker(self, t: _Ticker, f: _Frame, recv_ts: int) -> list[Record]:
+        state = self._bbo.get(t.symbol)
+        if state is None or f.type == "snapshot":
+            state = self._bbo[t.symbol] = [None] * 5
+        fields = (t.bid1Price, t.bid1Size, t.ask1Price, t.ask1Size, t.lastPrice)
+        changed = False
+        for i, value in enumerate(fields):
+            if value is not None:
+                changed = changed or (i < 4 and state[i] != value)
+                state[i] = value
+        # A delta that only moved funding or open interest is not a best bid/ask update.
+        if not changed or None in state[:4]:
+            return []
+        bid, bid_size, ask, ask_size, last = state
+        return [
+            Ticker(
+                exchange="bybit", market=self.market, symbol=self._symbol(t.symbol), instrument=t.symbol,
+                ts=(f.ts or 0) * 1000, recv_ts=recv_ts, bid_price=bid or "", bid_size=bid_size or "",
+                ask_price=ask or "", ask_size=ask_size or "", seq=f.cs, last_price=last,
+            )
+        ]  # fmt: skip
+
+
+def _topic(sub: Subscription) -> str:
+    return f"{sub.channel}.{sub.instrument}"
+
+
+def _requests(op: str, subs: Sequence[Subscription], first_id: int) -> list[str]:
+    topics = [_topic(s) for s in subs]
+    return [
+        orjson.dumps({"op": op, "args": topics[i : i + 10], "req_id": str(first_id + n)}).decode()
+        for n, i in enumerate(range(0, len(topics), 10))
+    ]
+
+
+BYBIT_DEPTH_LEVELS = 50
+
+BYBIT_LINEAR = Venue(
+    name="bybit_linear",
+    exchange=Exchange.BYBIT,
+    market=Market.PERPETUAL,
+    ws_url="wss://stream.bybit.com",
+    ws_path="/v5/public/linear",
+    rest_url="https://api.bybit.com",
+    channels={
+        DataType.TRADE: "publicTrade",
+        DataType.DEPTH: f"orderbook.{BYBIT_DEPTH_LEVELS}",
+        DataType.TICKER: "tickers",
+    },
+    heartbeat=Heartbeat("client_text", every_s=20.0, message='{"op":"ping"}'),
+    limits=Limits(streams_per_connection=200, args_per_subscribe=10, subscribe_messages_per_s=5.0),
+    to_instrument=to_instrument,
+    subscribe_messages=lambda subs, first_id: _requests("subscribe", subs, first_id),
+    unsubscribe_messages=lambda subs, first_id: _requests("unsubscribe", subs, first_id),
+    new_parser=lambda: BybitParser("bybit_linear", Market.PERPETUAL),
+    depth_levels=BYBIT_DEPTH_LEVELS,
+)
+
+REST_ORDERBOOK_PATH = "/v5/market/orderbook"
+REST_INSTRUMENTS_PATH = "/v5/market/instruments-info"
