@@ -163,9 +163,43 @@ RECORD_TYPES: dict[DataType, type[Record]] = {
 QUOTE_ASSETS: tuple[str, ...] = tuple(
     sorted(
         {
-            "USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USDP", "DAI", "USD", "EUR", "GBP", "TRY", "BRL",
-            "AUD", "RUB", "UAH", "JPY", "BIDR", "IDRT", "NGN", "ZAR", "PLN", "RON", "ARS", "MXN", "COP",
-            "BTC", "ETH", "BNB", "XRP", "TRX", "DOGE", "DOT", "SOL", "VAI", "PAX", "BVND", "AEUR",
+            "USDT",
+            "USDC",
+            "FDUSD",
+            "BUSD",
+            "TUSD",
+            "USDP",
+            "DAI",
+            "USD",
+            "EUR",
+            "GBP",
+            "TRY",
+            "BRL",
+            "AUD",
+            "RUB",
+            "UAH",
+            "JPY",
+            "BIDR",
+            "IDRT",
+            "NGN",
+            "ZAR",
+            "PLN",
+            "RON",
+            "ARS",
+            "MXN",
+            "COP",
+            "BTC",
+            "ETH",
+            "BNB",
+            "XRP",
+            "TRX",
+            "DOGE",
+            "DOT",
+            "SOL",
+            "VAI",
+            "PAX",
+            "BVND",
+            "AEUR",
         },
         key=len,
         reverse=True,
@@ -194,6 +228,11 @@ def split_dashed(instrument: str) -> str:
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise SymbolError(f"cannot split instrument {instrument!r} into base and quote")
     return f"{parts[0]}-{parts[1]}"
+
+
+def symbol_of(instrument: str) -> str:
+    """Normalised symbol of any venue id: dashed ids (OKX) or concatenated ones (Binance, Bybit)."""
+    return split_dashed(instrument) if "-" in instrument else split_concatenated(instrument)
 
 
 def now_us() -> int:

@@ -21,7 +21,8 @@ def encode(record: Record) -> bytes:
 
 
 def decode(data_type: DataType | str, payload: bytes) -> Record:
-    return _decoders[DataType(data_type)].decode(payload)  # type: ignore[no-any-return]
+    record: Record = _decoders[DataType(data_type)].decode(payload)
+    return record
 
 
 def subject_data_type(subject: str) -> DataType:
@@ -35,7 +36,5 @@ def decode_subject(subject: str, payload: bytes) -> Record:
     return decode(subject_data_type(subject), payload)
 
 
-def subject_filter(
-    data_type: str = "*", exchange: str = "*", market: str = "*", symbol: str = "*"
-) -> str:
+def subject_filter(data_type: str = "*", exchange: str = "*", market: str = "*", symbol: str = "*") -> str:
     return f"{SUBJECT_PREFIX}.{data_type}.{exchange}.{market}.{symbol}"

@@ -28,7 +28,6 @@ from marketprism.records import Record
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class PublisherStats:
     submitted: int = 0

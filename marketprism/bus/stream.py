@@ -29,9 +29,7 @@ class MarketDataStream:
         if self.max_bytes <= 0 and self.max_bytes != -1:
             raise ValueError(f"stream max_bytes must be > 0 (or -1 for unlimited), got {self.max_bytes}")
         if not 0 < self.duplicate_window_s <= self.max_age_s:
-            raise ValueError(
-                f"stream duplicate_window_s must be in (0, max_age_s], got {self.duplicate_window_s}"
-            )
+            raise ValueError(f"stream duplicate_window_s must be in (0, max_age_s], got {self.duplicate_window_s}")
 
     def config(self) -> StreamConfig:
         return StreamConfig(

@@ -84,9 +84,7 @@ class Venue:
         if unknown:
             raise ValueError(f"{self.name} has no channel for data type(s) {', '.join(map(str, unknown))}")
         return [
-            Subscription(dt, self.channels[dt], self.to_instrument(symbol))
-            for symbol in symbols
-            for dt in data_types
+            Subscription(dt, self.channels[dt], self.to_instrument(symbol)) for symbol in symbols for dt in data_types
         ]
 
     def url(self, ws_base: str | None = None) -> str:

@@ -12,7 +12,8 @@ Times are milliseconds; records carry microseconds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgspec
 import orjson
@@ -120,7 +121,7 @@ class BinanceParser:
         self.venue_name = venue_name
         self.market = market.value
         self._symbols: dict[str, str] = {}
-        self._by_channel = {
+        self._by_channel: dict[str, tuple[msgspec.json.Decoder[Any], Callable[[Any, int], Record]]] = {
             "trade": (msgspec.json.Decoder(_TradeFrame), self._trade),
             "aggTrade": (msgspec.json.Decoder(_AggTradeFrame), self._agg_trade),
             "bookTicker": (msgspec.json.Decoder(_BookTickerFrame), self._ticker),
@@ -155,7 +156,7 @@ class BinanceParser:
             return []  # a stream MarketPrism does not normalise (e.g. kline): ignored, not an error
         decoder, build = handler
         try:
-            return [build(decoder.decode(frame).data, recv_ts)]  # type: ignore[operator]
+            return [build(decoder.decode(frame).data, recv_ts)]
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ParseError(self.venue_name, f"bad {channel} frame ({exc})", frame) from None
         except ValueError as exc:  # symbol normalisation
@@ -230,12 +231,8 @@ def _make(name: str, market: Market, ws_url: str, rest_url: str, limits: Limits,
         heartbeat=Heartbeat("server_ping"),
         limits=limits,
         to_instrument=to_instrument,
-        subscribe_messages=lambda subs, first_id: _requests(
-            "SUBSCRIBE", subs, first_id, limits.args_per_subscribe
-        ),
-        unsubscribe_messages=lambda subs, first_id: _requests(
-            "UNSUBSCRIBE", subs, first_id, limits.args_per_subscribe
-        ),
+        subscribe_messages=lambda subs, first_id: _requests("SUBSCRIBE", subs, first_id, limits.args_per_subscribe),
+        unsubscribe_messages=lambda subs, first_id: _requests("UNSUBSCRIBE", subs, first_id, limits.args_per_subscribe),
         new_parser=lambda: BinanceParser(name, market),
     )
 

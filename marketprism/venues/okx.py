@@ -177,8 +177,7 @@ class OkxParser:
 def _requests(op: str, subs: Sequence[Subscription], first_id: int, per_request: int) -> list[str]:
     args = [{"channel": s.channel, "instId": s.instrument} for s in subs]
     return [
-        orjson.dumps({"op": op, "args": args[i : i + per_request]}).decode()
-        for i in range(0, len(args), per_request)
+        orjson.dumps({"op": op, "args": args[i : i + per_request]}).decode() for i in range(0, len(args), per_request)
     ]
 
 

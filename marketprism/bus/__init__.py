@@ -1,0 +1,1 @@
+"""NATS JetStream: subjects, codec, stream setup, publisher, local server."""

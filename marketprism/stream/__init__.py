@@ -1,0 +1,1 @@
+"""WebSocket sessions and collectors: wire frames in, records out to a sink."""

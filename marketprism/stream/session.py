@@ -1,0 +1,310 @@
+"""One WebSocket connection's life: connect, subscribe, heartbeat, read, watchdog, reconnect, rotate.
+
+A session carries one shard of a venue's subscriptions. It turns every received frame into records with
+the venue's parser and hands them to ``sink`` (normally ``JetStreamPublisher.submit``). It never gives up:
+failures reconnect with capped exponential backoff and full jitter, a silent stream is noticed by the
+stall watchdog, and connections the venue cuts after a fixed age (Binance: 24 h) are rotated early with
+a short overlap, so no frame is missed (the overlap's duplicates are dropped by JetStream's Msg-Id).
+Around every unplanned reconnect the session publishes ``status`` records (``disconnected`` then
+``connected``) for each symbol, so order books downstream know a gap may have happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+
+from marketprism import metrics
+from marketprism.records import Record, Status, now_us, symbol_of
+from marketprism.stream.capture import CaptureWriter
+from marketprism.venues.base import ParseError, Parser, Subscription, Venue
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[Record], object]
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    stall_timeout_s: float = 30.0  # no frame for this long -> reconnect
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    open_timeout_s: float = 10.0
+    rotation_overlap_s: float = 3.0
+    max_connection_age_s: float | None = None  # None: the venue's own limit
+    parse_error_log_every_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("stall_timeout_s", "backoff_initial_s", "backoff_max_s", "open_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"session {name} must be > 0, got {getattr(self, name)}")
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("session backoff_max_s must be >= backoff_initial_s")
+
+
+def backoff_delay(attempt: int, initial: float, cap: float, rng: random.Random) -> float:
+    """Capped exponential backoff with full jitter: uniform in [0, min(cap, initial * 2**attempt)]."""
+    return rng.uniform(0, min(cap, initial * (2 ** min(attempt, 30))))
+
+
+@dataclass
+class SessionStats:
+    frames: int = 0
+    records: int = 0
+    parse_errors: int = 0
+    connects: int = 0
+    reconnects: int = 0
+    stalls: int = 0
+    rotations: int = 0
+    connected: bool = False
+    last_error: str = ""
+    last_frame_at: float = 0.0
+    records_by_type: Counter[str] = field(default_factory=Counter)
+    backoff_delays: list[float] = field(default_factory=list)
+
+
+class _Connection:
+    """A live socket with its own parser (parsers may keep per-connection state)."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, ws: ClientConnection, parser: Parser, label: str):
+        self.ws = ws
+        self.parser = parser
+        self.id = f"{label}#{next(self._ids)}"
+        self.opened_at = time.monotonic()
+        self.last_frame_at = self.opened_at
+        self.stalled = False
+
+
+class WsSession:
+    def __init__(
+        self,
+        venue: Venue,
+        subscriptions: Sequence[Subscription],
+        sink: Sink,
+        *,
+        ws_base: str | None = None,
+        shard: int = 0,
+        config: SessionConfig | None = None,
+        capture: CaptureWriter | None = None,
+        rng: random.Random | None = None,
+    ):
+        if not subscriptions:
+            raise ValueError(f"{venue.name} shard {shard}: no subscriptions")
+        self.venue = venue
+        self.subscriptions = list(subscriptions)
+        self.sink = sink
+        self.url = venue.url(ws_base)
+        self.shard = shard
+        self.config = config or SessionConfig()
+        self.capture = capture
+        self.stats = SessionStats()
+        self._rng = rng or random.Random()
+        self._stop = asyncio.Event()
+        self._label = f"{venue.name}/{shard}"
+        self._symbols = sorted({(s.instrument, symbol_of(s.instrument)) for s in self.subscriptions})
+        self._rotating = False
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._request_id = 1
+        self._last_parse_log = 0.0
+        self._m_frames = metrics.FRAMES.labels(venue.name)
+        self._m_bytes = metrics.FRAME_BYTES.labels(venue.name)
+        self._m_errors = metrics.PARSE_ERRORS.labels(venue.name)
+        self._m_records = {
+            dt: metrics.RECORDS.labels(venue.name, dt.value) for dt in (*venue.channels, Status.data_type)
+        }
+        self._max_age = self.config.max_connection_age_s or venue.limits.max_connection_age_s
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                conn = await self._open()
+            except Exception as exc:
+                self._failed(f"connect failed: {type(exc).__name__}: {exc}")
+                delay = backoff_delay(attempt, self.config.backoff_initial_s, self.config.backoff_max_s, self._rng)
+                attempt += 1
+                self.stats.backoff_delays.append(delay)
+                await self._sleep(delay)
+                continue
+            if attempt or (self.stats.connects > 1 and not self._rotating):
+                self.stats.reconnects += 1
+            attempt = 0
+            if not self._rotating:
+                self._emit_status(conn, "connected", "")
+            self._rotating = False
+            reason = await self._serve(conn)
+            if reason == "rotate":
+                self.stats.rotations += 1
+                self._rotating = True
+                metrics.RECONNECTS.labels(self.venue.name, "rotation").inc()
+                continue
+            if self._stop.is_set():
+                break
+            self._failed(reason)
+            metrics.RECONNECTS.labels(self.venue.name, reason.split(":")[0]).inc()
+            self._emit_status(conn, "disconnected", reason)
+            # The first retry after a drop is immediate-ish; repeated connect failures back off further.
+            attempt = 1
+            await self._sleep(backoff_delay(0, self.config.backoff_initial_s, self.config.backoff_max_s, self._rng))
+        self.stats.connected = False
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    async def _serve(self, conn: _Connection) -> str:
+        """Pump frames until the socket ends, the session stops, or rotation is due (socket left open)."""
+        pump = asyncio.create_task(self._pump(conn), name=f"{conn.id}-pump")
+        stop = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({pump, stop}, timeout=self._max_age, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if pump.done():
+            return pump.result()
+        if self._stop.is_set():
+            await self._close(conn)
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await pump
+            return "stop"
+        log.info("%s rotating after %.0fs, before the venue cuts it", conn.id, time.monotonic() - conn.opened_at)
+        retire = asyncio.create_task(self._retire(conn, pump))
+        self._retiring.add(retire)
+        retire.add_done_callback(self._retiring.discard)
+        return "rotate"
+
+    async def _retire(self, conn: _Connection, pump: asyncio.Task[str]) -> None:
+        """Keep reading a rotated-out socket until the new one has overlapped it, then close it."""
+        await self._sleep(self.config.rotation_overlap_s)
+        await self._close(conn)
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await pump
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def _open(self) -> _Connection:
+        ws = await ws_connect(
+            self.url, open_timeout=self.config.open_timeout_s, max_size=2**24, compression=None,
+            ping_interval=20, ping_timeout=20, close_timeout=2,
+        )  # fmt: skip
+        conn = _Connection(ws, self.venue.new_parser(), self._label)
+        self.stats.connects += 1
+        self.stats.connected = True
+        metrics.CONNECTED.labels(self.venue.name).inc()
+        try:
+            await self._subscribe(conn)
+        except BaseException:
+            await self._close(conn)
+            raise
+        log.info("%s connected to %s with %d stream(s)", conn.id, self.url, len(self.subscriptions))
+        return conn
+
+    async def _subscribe(self, conn: _Connection) -> None:
+        messages = self.venue.subscribe_messages(self.subscriptions, self._request_id)
+        self._request_id += len(messages)
+        interval = 1.0 / self.venue.limits.subscribe_messages_per_s
+        for i, message in enumerate(messages):
+            if i:
+                await asyncio.sleep(interval)  # venues disconnect clients that subscribe too fast
+            await conn.ws.send(message)
+
+    async def _close(self, conn: _Connection) -> None:
+        with contextlib.suppress(Exception):
+            await conn.ws.close()
+        metrics.CONNECTED.labels(self.venue.name).dec()
+
+    # --- reading -----------------------------------------------------------------------------------
+    async def _pump(self, conn: _Connection) -> str:
+        """Read until the socket closes or stalls; returns why it ended."""
+        watchdog = asyncio.create_task(self._watchdog(conn))
+        heartbeat = asyncio.create_task(self._heartbeat(conn))
+        try:
+            async for frame in conn.ws:
+                self._on_frame(conn, frame)
+            reason = f"closed: {conn.ws.close_code} {conn.ws.close_reason or ''}".rstrip()
+        except websockets.ConnectionClosed as exc:
+            reason = f"closed: {exc}"
+        finally:
+            heartbeat.cancel()
+            watchdog.cancel()
+        return f"stall: no frame for {self.config.stall_timeout_s}s" if conn.stalled else reason
+
+    def _on_frame(self, conn: _Connection, frame: str | bytes) -> None:
+        recv_ts = now_us()
+        now = time.monotonic()
+        conn.last_frame_at = now
+        self.stats.last_frame_at = now
+        self.stats.frames += 1
+        self._m_frames.inc()
+        self._m_bytes.inc(len(frame))
+        if self.capture is not None:
+            self.capture.write(recv_ts, "ws", self.url, frame)
+        try:
+            records = conn.parser.parse(frame, recv_ts)
+        except ParseError as exc:
+            self.stats.parse_errors += 1
+            self._m_errors.inc()
+            if now - self._last_parse_log >= self.config.parse_error_log_every_s:
+                log.warning("%s skipped a frame (%d so far): %s", conn.id, self.stats.parse_errors, exc)
+                self._last_parse_log = now
+            return
+        for record in records:
+            self.sink(record)
+            self.stats.records_by_type[record.data_type] += 1
+            self._m_records[record.data_type].inc()
+        self.stats.records += len(records)
+
+    async def _watchdog(self, conn: _Connection) -> None:
+        """Closes a socket that has been silent for longer than the stall timeout."""
+        period = min(1.0, self.config.stall_timeout_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            silent = time.monotonic() - conn.last_frame_at
+            if silent > self.config.stall_timeout_s:
+                conn.stalled = True
+                self.stats.stalls += 1
+                log.warning("%s stalled: no frame for %.1fs, reconnecting", conn.id, silent)
+                await conn.ws.close(code=4000, reason="stall")
+                return
+
+    async def _heartbeat(self, conn: _Connection) -> None:
+        hb = self.venue.heartbeat
+        if hb.kind != "client_text":
+            return  # server pings are answered by websockets itself
+        while True:
+            await asyncio.sleep(hb.every_s)
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await conn.ws.send(hb.message)
+
+    # --- status --------------------------------------------------------------------------------------
+    def _failed(self, reason: str) -> None:
+        self.stats.connected = False
+        self.stats.last_error = reason
+        log.warning("%s: %s", self._label, reason)
+
+    def _emit_status(self, conn: _Connection, event: str, reason: str) -> None:
+        ts = now_us()
+        for instrument, symbol in self._symbols:
+            self.sink(
+                Status(
+                    exchange=self.venue.exchange.value, market=self.venue.market.value, symbol=symbol,
+                    instrument=instrument, ts=ts, recv_ts=ts, event=event, connection=f"{conn.id}@{ts}",
+                    reason=reason,
+                )
+            )  # fmt: skip
+            self.stats.records_by_type[Status.data_type] += 1
+            self._m_records[Status.data_type].inc()
