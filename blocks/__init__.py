@@ -1,0 +1,1 @@
+"""Prefect Blocks: the typed config store for venues, NATS and storage (see issue "Prefect orchestration")."""

@@ -1,0 +1,1 @@
+"""Deployment definitions shared by ``prefect.serve()`` and ``prefect.yaml``."""

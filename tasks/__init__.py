@@ -1,0 +1,1 @@
+"""Prefect tasks (thin wrappers over engine calls); the periodic REST pulls land here."""
