@@ -42,6 +42,11 @@ def _data_types(value: str | None) -> tuple[DataType, ...] | None:
         raise typer.BadParameter(f"--types: use a comma list of {', '.join(d.value for d in DataType)}") from None
 
 
+def _check_source(source: str) -> None:
+    if source not in ("live", "sim"):
+        raise typer.BadParameter(f"--source must be live or sim, got {source!r}")
+
+
 def _logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -129,6 +134,7 @@ def collect(
 ) -> None:
     """Collect one venue into JetStream."""
     _logging(verbose)
+    _check_source(source)
     try:
         get_venue(venue)
     except ValueError as exc:
@@ -150,6 +156,7 @@ def up(
 ) -> None:
     """Run the platform: every venue's collector into JetStream, with a live status table."""
     _logging(verbose)
+    _check_source(source)
     specs = [CollectorSpec(v, tuple(_csv(symbols))) for v in _csv(venues)]
     for s in specs:
         try:

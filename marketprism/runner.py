@@ -105,7 +105,12 @@ async def run_collectors(
     stream: MarketDataStream | None = None,
     on_tick: Callable[[list[Collector], JetStreamPublisher], None] | None = None,
     sim_options: dict[str, Any] | None = None,
+    ws_bases: dict[str, str] | None = None,
 ) -> RunReport:
+    """Collect ``specs`` into JetStream until ``stop`` is set or ``duration_s`` has passed.
+
+    ``ws_bases`` overrides a venue's WebSocket base URL (e.g. a simulator started elsewhere).
+    """
     if source not in ("live", "sim"):
         raise ValueError(f"source must be 'live' or 'sim', got {source!r}")
     venues = [get_venue(s.venue) for s in specs]  # fail fast on a bad name
@@ -115,11 +120,14 @@ async def run_collectors(
     async with contextlib.AsyncExitStack() as stack:
         bus = await stack.enter_async_context(open_bus(nats_url, data_dir, stream))
         report.nats_url = bus.url
-        sim = await stack.enter_async_context(open_sim(specs, **(sim_options or {}))) if source == "sim" else None
+        bases = dict(ws_bases or {})
+        if source == "sim":
+            sim = await stack.enter_async_context(open_sim(specs, **(sim_options or {})))
+            bases.update({s.venue: sim.ws_base(s.venue) for s in specs})
         capture = stack.enter_context(CaptureWriter(record)) if record else None
         collectors = [
             Collector(venue, spec.symbols, bus.publisher.submit, data_types=spec.data_types,
-                      ws_base=sim.ws_base(venue.name) if sim else None, config=session_config, capture=capture)
+                      ws_base=bases.get(venue.name), config=session_config, capture=capture)
             for venue, spec in zip(venues, specs, strict=True)
         ]  # fmt: skip
         tasks = [asyncio.create_task(c.run(), name=f"collector-{c.venue.name}") for c in collectors]

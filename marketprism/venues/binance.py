@@ -168,7 +168,7 @@ class BinanceParser:
             env = _envelope.decode(frame)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ParseError(self.venue_name, f"not a Binance frame ({exc})", frame) from None
-        if env.stream is not None and env.data:
+        if env.stream is not None and "@" in env.stream and env.data:  # no "@": would recurse forever
             wrapped = b'{"stream":"' + env.stream.encode() + b'","data":' + bytes(env.data) + b"}"
             return self.parse(wrapped, recv_ts)
         if env.code is not None:

@@ -1,0 +1,269 @@
+"""Collectors end to end: simulator (real WebSockets) -> sessions -> parsers -> real nats-server JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from marketprism.bus.publisher import JetStreamPublisher
+from marketprism.bus.server import free_port
+from marketprism.records import DataType, Status, Trade
+from marketprism.runner import CollectorSpec, run_collectors
+from marketprism.sim import Faults, SimConfig, SimServer
+from marketprism.stream.capture import read_capture
+from marketprism.stream.collector import Collector, shard_subscriptions
+from marketprism.stream.session import SessionConfig, WsSession, backoff_delay
+from marketprism.venues import VENUES, get_venue
+from tests.conftest import fixture_path
+from tests.test_bus import stream_messages
+
+FAST = SessionConfig(stall_timeout_s=3.0, backoff_initial_s=0.05, backoff_max_s=0.5, open_timeout_s=3.0)
+
+
+def subject_counts(msgs: list) -> Counter[str]:
+    return Counter(m.subject for m in msgs)
+
+
+async def wait_until(predicate, timeout_s: float, step: float = 0.05) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(step)
+    return predicate()
+
+
+def replay_files() -> dict[str, list[str]]:
+    return {
+        "binance_spot": [
+            str(fixture_path("binance/spot_trade_BTCUSDT_2024-08-08_first500.jsonl")),
+            str(fixture_path("binance/spot_depthUpdate_BTCUSDT_2024-08-08_first400.jsonl")),
+            str(fixture_path("binance/spot_bookTicker_BTCUSDT_2024-08-08_first500.jsonl")),
+        ],
+        "binance_usdm": [str(fixture_path("binance/usdm_cryptofeed_2021-07-22.ws.raw.txt"))],
+        "okx_spot": [
+            str(fixture_path("okx/books_BTC-USDT_2022-05-13.jsonl")),
+            str(fixture_path("okx/trades_2022-05-13.jsonl")),
+            str(fixture_path("okx/tickers_2022-05-13.jsonl")),
+        ],
+        "okx_swap": [str(fixture_path("okx/books_UNI-USD-SWAP_2022-05-13.jsonl"))],
+        "bybit_linear": [str(fixture_path("bybit/v5_orderbook500_XRPUSDT_2024-12-01.jsonl"))],
+    }
+
+
+REPLAY_SPECS = [
+    CollectorSpec("binance_spot", ("BTC-USDT",)),
+    CollectorSpec("binance_usdm", ("SUSHI-USDT", "AKRO-USDT", "KEEP-USDT", "CTK-USDT"), (DataType.DEPTH,)),
+    CollectorSpec("okx_spot", ("BTC-USDT",), (DataType.DEPTH, DataType.TRADE)),
+    CollectorSpec("okx_swap", ("UNI-USD",), (DataType.DEPTH,)),
+    CollectorSpec("bybit_linear", ("XRP-USDT",), (DataType.DEPTH,)),
+]
+
+
+def expected_subjects(truth: dict, specs: list[CollectorSpec]) -> Counter[str]:
+    """Distinct records per subject in the replayed files, for the instruments and types collected."""
+    expected: Counter[str] = Counter()
+    for spec in specs:
+        venue = get_venue(spec.venue)
+        types = {dt.value for dt in (spec.data_types or tuple(venue.channels))}
+        symbols = set(spec.symbols)
+        for subject, n in truth["replay"][spec.venue]["subjects"].items():
+            _, dt, _, _, symbol = subject.split(".")
+            if dt in types and symbol in symbols:
+                expected[subject] += n
+    return expected
+
+
+async def test_replay_of_recorded_frames_arrives_exactly_once_despite_reconnects(tmp_path: Path, nats_server) -> None:
+    faults = {name: Faults(disconnect_every_s=1.0) for name in VENUES}
+    cfg = SimConfig(mode="replay", venues=list(VENUES), replay_files=replay_files(), speed=8.0, replay_overlap=5,
+                    faults=faults)  # fmt: skip
+    async with SimServer(cfg, host="127.0.0.1", port=0) as sim:
+        stop = asyncio.Event()
+
+        async def stop_when_replayed() -> None:
+            await wait_until(lambda: sim.truth().get("replay_done", False), 60)
+            await asyncio.sleep(1.0)  # the last frames' acks
+            stop.set()
+
+        waiter = asyncio.create_task(stop_when_replayed())
+        report = await run_collectors(
+            REPLAY_SPECS, nats_url=nats_server.url, data_dir=tmp_path, source="live", stop=stop,
+            session_config=FAST, ws_bases={s.venue: sim.ws_base(s.venue) for s in REPLAY_SPECS},
+        )  # fmt: skip
+        await waiter
+        truth = sim.truth()
+
+    from marketprism.bus.publisher import connect
+
+    nc = await connect(nats_server.url)
+    msgs = [m for m in await stream_messages(nc) if not m.subject.startswith("md.status.")]
+    await nc.close()
+    want = expected_subjects(truth, REPLAY_SPECS)
+    assert sum(want.values()) > 1500
+    assert subject_counts(msgs) == want  # every frame exactly once, per subject
+    assert len({m.headers["Nats-Msg-Id"] for m in msgs}) == len(msgs)
+    reconnects = sum(c.reconnects for c in report.collectors)
+    assert reconnects >= len(REPLAY_SPECS)  # the forced disconnects happened...
+    assert report.publisher.duplicates > 0  # ...and the overlap they caused was deduplicated by Msg-Id
+    assert report.publisher.dropped == 0
+    assert sum(c.parse_errors for c in report.collectors) == 0
+
+
+async def test_synthetic_sim_all_venues_flow_through_runner(tmp_path: Path, nats_server) -> None:
+    report = await run_collectors(
+        [CollectorSpec(name, ("BTC-USDT", "ETH-USDT")) for name in VENUES], nats_url=nats_server.url,
+        data_dir=tmp_path, source="sim", duration_s=3.0, session_config=FAST, sim_options={"rate": 20.0},
+    )  # fmt: skip
+    assert report.publisher.dropped == 0
+    for c in report.collectors:
+        assert c.connected == 0  # stopped
+        for dt in ("trade", "depth", "ticker", "status"):
+            assert c.records_by_type[dt] > 0, (c.venue, dt)
+        assert c.parse_errors == 0
+    assert report.publisher.published == sum(c.records for c in report.collectors) + sum(
+        c.records_by_type["status"] for c in report.collectors
+    )
+
+
+class _Sink(list):
+    def __call__(self, record) -> None:
+        self.append(record)
+
+
+async def test_disconnects_reconnect_and_resubscribe_with_capped_backoff() -> None:
+    cfg = SimConfig(mode="synthetic", venues=["bybit_linear"], symbols=["BTC-USDT"], rate=20.0,
+                    faults={"bybit_linear": Faults(disconnect_every_s=0.7)})  # fmt: skip
+    async with SimServer(cfg, host="127.0.0.1", port=0) as sim:
+        sink = _Sink()
+        session = WsSession(get_venue("bybit_linear"), get_venue("bybit_linear").subscriptions(["BTC-USDT"], [DataType.TRADE]),
+                            sink, ws_base=sim.ws_base("bybit_linear"), config=FAST)  # fmt: skip
+        task = asyncio.create_task(session.run())
+        assert await wait_until(lambda: session.stats.reconnects >= 3, 15)
+        session.stop()
+        await task
+        truth = sim.truth()
+    statuses = [r for r in sink if isinstance(r, Status)]
+    assert [s.event for s in statuses[:4]] == ["connected", "disconnected", "connected", "disconnected"]
+    assert all(s.reason.startswith("closed") for s in statuses if s.event == "disconnected")
+    assert truth["connections"]["bybit_linear"] >= 4
+    assert truth["subscribe_messages"]["bybit_linear"] >= 4  # resubscribed on every connection
+    trades = [r for r in sink if isinstance(r, Trade)]
+    assert trades and session.stats.parse_errors == 0
+    assert all(d <= FAST.backoff_max_s for d in session.stats.backoff_delays)
+
+
+async def test_refused_connections_back_off_exponentially_up_to_the_cap() -> None:
+    venue = get_venue("okx_spot")
+    cfg = SessionConfig(backoff_initial_s=0.01, backoff_max_s=0.08, open_timeout_s=1.0)
+    session = WsSession(venue, venue.subscriptions(["BTC-USDT"], [DataType.TRADE]), _Sink(),
+                        ws_base=f"ws://127.0.0.1:{free_port()}/okx_spot", config=cfg, rng=random.Random(7))  # fmt: skip
+    task = asyncio.create_task(session.run())
+    assert await wait_until(lambda: len(session.stats.backoff_delays) >= 8, 10)
+    session.stop()
+    await task
+    assert "connect failed" in session.stats.last_error
+    assert max(session.stats.backoff_delays) <= 0.08
+    rng = random.Random(1)
+    bounds = [min(0.08, 0.01 * 2**a) for a in range(10)]
+    samples = [[backoff_delay(a, 0.01, 0.08, rng) for _ in range(200)] for a in range(10)]
+    assert all(max(s) <= b for s, b in zip(samples, bounds, strict=True))
+    assert max(samples[0]) < 0.011 and max(samples[9]) > 0.06  # grows, then stays capped
+
+
+async def test_stalled_stream_is_noticed_within_the_watchdog_period() -> None:
+    cfg = SimConfig(mode="synthetic", venues=["binance_spot"], symbols=["BTC-USDT"], rate=20.0)
+    async with SimServer(cfg, host="127.0.0.1", port=0) as sim:
+        venue = get_venue("binance_spot")
+        sink = _Sink()
+        config = SessionConfig(stall_timeout_s=1.0, backoff_initial_s=0.05, backoff_max_s=0.2)
+        session = WsSession(venue, venue.subscriptions(["BTC-USDT"], [DataType.TRADE]), sink,
+                            ws_base=sim.ws_base("binance_spot"), config=config)  # fmt: skip
+        task = asyncio.create_task(session.run())
+        assert await wait_until(lambda: session.stats.records > 5, 10)
+        sim.set_faults("binance_spot", Faults(stall_s=4.0))
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await wait_until(lambda: session.stats.stalls >= 1, 5)
+        noticed = loop.time() - t0
+        sim.set_faults("binance_spot", Faults())
+        assert await wait_until(lambda: session.stats.connects >= 2, 5)
+        session.stop()
+        await task
+    assert noticed <= 1.0 + 1.0 + 0.5  # stall timeout + one watchdog period + slack
+    assert any(isinstance(r, Status) and r.reason.startswith("stall") for r in sink)
+
+
+async def test_malformed_frames_are_skipped_and_counted() -> None:
+    cfg = SimConfig(mode="synthetic", venues=["okx_spot"], symbols=["BTC-USDT"], rate=50.0,
+                    faults={"okx_spot": Faults(malformed_every_n=10)})  # fmt: skip
+    async with SimServer(cfg, host="127.0.0.1", port=0) as sim:
+        venue = get_venue("okx_spot")
+        sink = _Sink()
+        session = WsSession(venue, venue.subscriptions(["BTC-USDT"], [DataType.TRADE, DataType.DEPTH]), sink,
+                            ws_base=sim.ws_base("okx_spot"), config=FAST)  # fmt: skip
+        task = asyncio.create_task(session.run())
+        assert await wait_until(lambda: session.stats.parse_errors >= 5, 10)
+        session.stop()
+        await task
+    assert session.stats.reconnects == 0  # bad frames never cost the connection
+    assert session.stats.records > 20
+
+
+async def test_rotation_overlaps_connections_without_gaps(tmp_path: Path, nats_client) -> None:
+    cfg = SimConfig(mode="synthetic", venues=["binance_usdm"], symbols=["BTC-USDT"], rate=50.0)
+    async with SimServer(cfg, host="127.0.0.1", port=0) as sim:
+        venue = get_venue("binance_usdm")
+        pub = JetStreamPublisher(nats_client).start()
+        config = SessionConfig(max_connection_age_s=1.0, rotation_overlap_s=0.3, backoff_initial_s=0.05)
+        session = WsSession(venue, venue.subscriptions(["BTC-USDT"], [DataType.TRADE]), pub.submit,
+                            ws_base=sim.ws_base("binance_usdm"), config=config)  # fmt: skip
+        task = asyncio.create_task(session.run())
+        assert await wait_until(lambda: session.stats.rotations >= 3, 15)
+        session.stop()
+        await task
+        await pub.close()
+    msgs = await stream_messages(nats_client, "md.trade.>")
+    ids = sorted(int(m.headers["Nats-Msg-Id"].rsplit(":", 1)[1]) for m in msgs)
+    assert ids == list(range(ids[0], ids[0] + len(ids)))  # contiguous trade ids: nothing lost across rotations
+    status = await stream_messages(nats_client, "md.status.>")
+    assert [m.data.count(b"disconnected") for m in status] == [0]  # one "connected", no disconnects
+
+
+def test_sharding_respects_per_connection_limits() -> None:
+    venue = get_venue("binance_usdm")
+    symbols = [f"C{i}-USDT" for i in range(150)]
+    subs = venue.subscriptions(symbols, list(venue.channels))
+    shards = shard_subscriptions(subs, venue.limits.streams_per_connection)
+    assert len(shards) == 3 and all(len(s) <= 200 for s in shards)
+    assert sum(len(s) for s in shards) == 450
+    for shard in shards:  # a symbol's channels never straddle connections
+        instruments = {s.instrument for s in shard}
+        assert all(sum(1 for s in shard if s.instrument == i) == 3 for i in instruments)
+    collector = Collector(venue, symbols, _Sink())
+    assert len(collector.sessions) == 3
+    with pytest.raises(ValueError, match="no symbols"):
+        Collector(venue, [], _Sink())
+    with pytest.raises(ValueError, match="no channel"):
+        venue.subscriptions(["BTC-USDT"], [DataType.STATUS])
+
+
+async def test_record_writes_a_capture_that_the_simulator_replays(tmp_path: Path, nats_server) -> None:
+    capture = tmp_path / "capture.jsonl.gz"
+    spec = CollectorSpec("okx_swap", ("BTC-USDT",), (DataType.TRADE, DataType.DEPTH))
+    report = await run_collectors([spec], nats_url=nats_server.url, data_dir=tmp_path, source="sim", record=capture,
+                                  duration_s=2.0, session_config=FAST)  # fmt: skip
+    lines = list(read_capture(capture))
+    assert len(lines) == report.collectors[0].frames > 10
+    assert {line["source"] for line in lines} == {"ws"}
+    assert all(str(line["url"]).endswith("/okx_swap/ws/v5/public") for line in lines)
+    # The capture replays through the simulator to the same records.
+    cfg = SimConfig(mode="replay", venues=["okx_swap"], replay_files={"okx_swap": [str(capture)]}, speed=0.0)
+    async with SimServer(cfg, host="127.0.0.1", port=0) as sim:
+        truth = sim.truth()
+    replayed = sum(truth["replay"]["okx_swap"]["subjects"].values())
+    assert replayed == report.collectors[0].records_by_type["trade"] + report.collectors[0].records_by_type["depth"]
