@@ -205,22 +205,29 @@ def tail(
 def sim(
     mode: Annotated[str, typer.Option(help="synthetic or replay")] = "synthetic",
     port: Annotated[int, typer.Option(help="0 picks a free port")] = 0,
-    venues: Annotated[str, typer.Option(help="comma list of venues")] = ",".join(VENUES),
+    venues: Annotated[str | None, typer.Option(help="comma list of venues (default: all, or the replayed)")] = None,
     symbols: Annotated[str, typer.Option(help="comma list of symbols (synthetic)")] = ",".join(DEFAULT_SYMBOLS),
     rate: Annotated[float, typer.Option(help="updates per second per symbol and channel (synthetic)")] = 10.0,
     replay: Annotated[list[str] | None, typer.Option(help="VENUE=FILE[,FILE] (replay), repeatable")] = None,
     speed: Annotated[float, typer.Option(help="replay pace multiplier; 0 = as fast as possible")] = 1.0,
     seed: Annotated[int, typer.Option()] = 1,
+    faults: Annotated[
+        list[str] | None, typer.Option("--fault", help="VENUE:field=value,... e.g. binance_spot:drop_every_n=50")
+    ] = None,
 ) -> None:
     """Serve the venues' WebSocket and REST protocols on loopback (synthetic books or replayed captures)."""
-    from marketprism.sim import SimConfig, parse_replay_arg, run_sim_forever
+    from marketprism.sim import SimConfig, parse_faults_arg, parse_replay_args, run_sim_forever
 
-    files: dict[str, list[str]] = {}
-    for arg in replay or []:
-        for venue, paths in parse_replay_arg(arg).items():
-            files.setdefault(venue, []).extend(paths)
-    cfg = SimConfig(mode=mode, venues=_csv(venues), symbols=_csv(symbols), rate=rate, seed=seed,
-                    replay_files=files, speed=speed)  # fmt: skip
+    try:
+        files = parse_replay_args(replay or [])
+        fault_map = dict(parse_faults_arg(f) for f in faults or [])
+        cfg = SimConfig(
+            mode=mode,  # type: ignore[arg-type]  # SimConfig validates it
+            venues=_csv(venues) or None,
+            symbols=_csv(symbols), rate=rate, seed=seed, replay_files=files, speed=speed, faults=fault_map,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     run_sim_forever(cfg, "127.0.0.1", port)
 
 

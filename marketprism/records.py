@@ -44,11 +44,14 @@ class Side(StrEnum):
     SELL = "sell"
 
 
-# A price level exactly as the venue sent it: (price, size) decimal strings.
-Level = tuple[str, str]
+# A price level exactly as the venue sent it: [price, size, ...] decimal strings. OKX appends its
+# deprecated "0" and the number of orders; Binance and Bybit send exactly [price, size].
+Level = tuple[str, ...]
+_levels_decoder = msgspec.json.Decoder(list[Level])
+_levels_encoder = msgspec.json.Encoder()
 
 
-class Record(msgspec.Struct, kw_only=True, gc=False):
+class Record(msgspec.Struct, kw_only=True, gc=False, omit_defaults=True):
     """Fields shared by every record type."""
 
     data_type: ClassVar[DataType]
@@ -92,6 +95,10 @@ class Trade(Record, kw_only=True, gc=False):
 class Depth(Record, kw_only=True, gc=False):
     """A raw L2 update (or venue snapshot) with the venue's own sequence fields kept intact.
 
+    ``bids`` and ``asks`` hold the venue's own JSON array of levels, byte for byte (``msgspec.Raw``): the
+    collector never materialises levels, which is most of the cost of a depth frame. ``bid_levels()`` /
+    ``ask_levels()`` decode them (and reject malformed levels); ``Depth.levels([...])`` builds one.
+
     Mapping of sequence fields per venue:
       Binance: ``first_seq`` = U, ``seq`` = u, ``prev_seq`` = pu (USDⓈ-M only).
       OKX:     ``seq`` = seqId, ``prev_seq`` = prevSeqId (absent in pre-2023 frames), ``checksum``.
@@ -102,19 +109,41 @@ class Depth(Record, kw_only=True, gc=False):
     data_type: ClassVar[DataType] = DataType.DEPTH
 
     is_snapshot: bool
-    bids: list[Level]
-    asks: list[Level]
+    bids: msgspec.Raw
+    asks: msgspec.Raw
     seq: int | None = None
     first_seq: int | None = None
     prev_seq: int | None = None
     cross_seq: int | None = None
     checksum: int | None = None
 
+    @staticmethod
+    def levels(levels: list[Level] | list[list[str]]) -> msgspec.Raw:
+        return msgspec.Raw(_levels_encoder.encode(levels))
+
+    def bid_levels(self) -> list[Level]:
+        return decode_levels(self.bids)
+
+    def ask_levels(self) -> list[Level]:
+        return decode_levels(self.asks)
+
     def natural_key(self) -> str:
         # OKX frames from before seqId existed are identified by time and checksum.
         ident = self.seq if self.seq is not None else f"{self.ts}:{self.checksum}"
         kind = "snap" if self.is_snapshot else "upd"
         return f"depth:{self.exchange}:{self.market}:{self.symbol}:{kind}:{ident}"
+
+
+def decode_levels(raw: msgspec.Raw | bytes) -> list[Level]:
+    """Levels as tuples of the venue's strings; raises ``ValueError`` naming what is malformed."""
+    try:
+        levels: list[Level] = _levels_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"malformed depth levels: {exc}") from None
+    for level in levels:
+        if len(level) < 2:
+            raise ValueError(f"malformed depth level {list(level)!r}: want [price, size, ...]")
+    return levels
 
 
 class Ticker(Record, kw_only=True, gc=False):

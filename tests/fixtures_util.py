@@ -97,3 +97,15 @@ def frames_of(relative: str) -> tuple[tuple[int, str], ...]:
     if relative.endswith(".ws.raw.txt"):
         return raw_ws_received(relative)
     return tuple((1_700_000_000_000_000 + i, frame) for i, frame in enumerate(jsonl_frames(relative)))
+
+
+def record_fields(record) -> dict:
+    """A record's fields as a dict, with depth levels decoded from their raw JSON to tuples of strings."""
+    import msgspec
+
+    from marketprism.records import Depth
+
+    out = msgspec.structs.asdict(record)
+    if isinstance(record, Depth):
+        out["bids"], out["asks"] = record.bid_levels(), record.ask_levels()
+    return out

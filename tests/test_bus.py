@@ -48,7 +48,8 @@ def test_subjects_and_codec_round_trip() -> None:
     records = [
         trade(1),
         Depth(exchange="okx", market="perpetual", symbol="UNI-USD", instrument="UNI-USD-SWAP", ts=5, recv_ts=6,
-              is_snapshot=True, bids=[("5.1", "3")], asks=[("5.2", "0")], seq=7, prev_seq=-1, checksum=-12),
+              is_snapshot=True, bids=Depth.levels([("5.1", "3")]), asks=Depth.levels([("5.2", "0")]), seq=7,
+              prev_seq=-1, checksum=-12),
         Ticker(exchange="bybit", market="perpetual", symbol="XRP-USDT", instrument="XRPUSDT", ts=1, recv_ts=2,
                bid_price="1.9531", bid_size="6203", ask_price="1.9535", ask_size="8415", seq=9),
         Status(exchange="binance", market="spot", symbol="BTC-USDT", instrument="BTCUSDT", ts=1, recv_ts=1,

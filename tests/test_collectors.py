@@ -140,8 +140,9 @@ async def test_disconnects_reconnect_and_resubscribe_with_capped_backoff() -> No
                     faults={"bybit_linear": Faults(disconnect_every_s=0.7)})  # fmt: skip
     async with SimServer(cfg, host="127.0.0.1", port=0) as sim:
         sink = _Sink()
-        session = WsSession(get_venue("bybit_linear"), get_venue("bybit_linear").subscriptions(["BTC-USDT"], [DataType.TRADE]),
-                            sink, ws_base=sim.ws_base("bybit_linear"), config=FAST)  # fmt: skip
+        venue = get_venue("bybit_linear")
+        session = WsSession(venue, venue.subscriptions(["BTC-USDT"], [DataType.TRADE]), sink,
+                            ws_base=sim.ws_base("bybit_linear"), config=FAST)  # fmt: skip
         task = asyncio.create_task(session.run())
         assert await wait_until(lambda: session.stats.reconnects >= 3, 15)
         session.stop()

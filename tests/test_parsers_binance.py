@@ -3,17 +3,14 @@ malformed frames, control frames and the SUBSCRIBE messages."""
 
 from __future__ import annotations
 
-import msgspec
+import itertools
+
 import orjson
 import pytest
 
-from marketprism.records import DataType
+from marketprism.records import DataType, Depth
 from marketprism.venues import VENUES, ParseError
-
-try:
-    from fixtures_util import frames_of, raw_ws_lines, requires_fixtures
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests.fixtures_util import frames_of, raw_ws_lines, requires_fixtures
+from tests.fixtures_util import frames_of, raw_ws_lines, record_fields, requires_fixtures
 
 RECV_TS = 1_723_161_300_000_000
 
@@ -56,7 +53,8 @@ def expected_records(frame: str, venue: str, recv_ts: int) -> list[dict]:
         assert d["e"] == channel
         return [{**base, "ts": d["T"] * 1000, "trade_id": str(d["a"] if agg else d["t"]), "price": d["p"],
                  "size": d["q"], "side": "sell" if d["m"] else "buy", "aggregate": agg,
-                 "first_trade_id": d["f"] if agg else None, "last_trade_id": d["l"] if agg else None}]  # fmt: skip
+                 "first_trade_id": d["f"] if agg else None,
+                 "last_trade_id": d["l"] if agg else None}]  # fmt: skip
     if channel.startswith("depth"):
         assert d["e"] == "depthUpdate"
         return [{**base, "ts": d["E"] * 1000, "is_snapshot": False, "bids": [tuple(lv) for lv in d["b"]],
@@ -78,12 +76,13 @@ def test_every_record_field_equals_the_source_frame(rel):
     checked = 0
     for recv_ts, frame in frames_of(rel):
         records = parser.parse(frame, recv_ts)
-        assert [msgspec.structs.asdict(r) for r in records] == expected_records(frame, venue, recv_ts)
+        assert [record_fields(r) for r in records] == expected_records(frame, venue, recv_ts)
         for r in records:
             # prices and sizes are the exchange's own strings, byte for byte
-            for text in (getattr(r, "price", None), getattr(r, "bid_price", None), getattr(r, "ask_size", None)):
+            texts = (getattr(r, "price", None), getattr(r, "bid_price", None), getattr(r, "ask_size", None))
+            for text in texts:
                 assert text is None or f'"{text}"' in frame
-            for px, sz in getattr(r, "bids", [])[:3] + getattr(r, "asks", [])[:3]:
+            for px, sz, *_ in r.bid_levels()[:3] + r.ask_levels()[:3] if isinstance(r, Depth) else []:
                 assert f'["{px}","{sz}"]' in frame
             checked += 1
     assert checked > 0
@@ -127,7 +126,7 @@ def test_depth_sequence_fields_are_continuous(rel, chain):
     """SOURCES.md §3: spot U = previous u + 1; USDⓈ-M pu = previous u. The records keep U/u/pu intact."""
     parser = VENUES[FILES[rel]].new_parser()
     depths = [parser.parse(f, ts)[0] for ts, f in frames_of(rel)]
-    for prev, cur in zip(depths, depths[1:], strict=False):
+    for prev, cur in itertools.pairwise(depths):
         assert cur.first_seq <= cur.seq
         if chain == "spot":
             assert cur.prev_seq is None and cur.first_seq == prev.seq + 1
@@ -228,10 +227,30 @@ MALFORMED = {
     "error reply": '{"code":2,"msg":"Invalid request","id":1}',
     "error reply without id": '{"code":0,"msg":"Unknown property"}',
     "error reply null id": '{"code":3,"msg":"Invalid JSON: expected value at line 1 column 1","id":null}',
-    # after the one-line fix in binance.py these no longer recurse forever (RecursionError)
-    "stream without channel": '{"stream":"btcusdt","data":{"e":"trade"}}',
-    "stream without channel, keys reordered": '{"data":{"e":"trade"},"stream":"btcusdt"}',
 }
+
+
+# Depth levels stay the venue's raw JSON in the collector (records.Depth: materialising them costs more than
+# everything else in a depth frame). They are checked where they are decoded: Depth.bid_levels()/ask_levels(),
+# used by the order-book processor and the store. Extra elements after [price, size] are allowed (OKX has 4).
+MALFORMED_LEVELS = {
+    case: MALFORMED.pop(case)
+    for case in ["level as numbers", "level with 3 items", "level with 1 item", "levels not a list"]
+}
+
+
+@pytest.mark.parametrize("venue", ["binance_spot", "binance_usdm"])
+@pytest.mark.parametrize("case", sorted(MALFORMED_LEVELS))
+def test_malformed_levels_are_kept_raw_and_rejected_when_decoded(venue, case):
+    frame = MALFORMED_LEVELS[case]
+    (depth,) = VENUES[venue].new_parser().parse(frame, RECV_TS)
+    assert bytes(depth.bids) in frame.encode() and bytes(depth.asks) in frame.encode()  # byte-exact
+    if "3 items" in case:
+        levels = depth.bid_levels() + depth.ask_levels()
+        assert sum(len(level) == 3 for level in levels) == 1 and all(len(level) >= 2 for level in levels)
+    else:
+        with pytest.raises(ValueError, match="malformed depth level"):
+            depth.bid_levels() + depth.ask_levels()
 
 
 @pytest.mark.parametrize("venue", ["binance_spot", "binance_usdm"])
@@ -244,28 +263,51 @@ def test_malformed_frames_raise_parse_error_naming_the_venue(venue, case):
     assert info.value.venue == venue and info.value.reason
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="BUG: a stream name whose '@' lies beyond the parser's 100-char window recurses "
-                          "in BinanceParser._parse_other (see report)")  # fmt: skip
-def test_very_long_stream_name_raises_parse_error():
-    frame = '{"stream":"' + "a" * 120 + '@trade","data":{"e":"trade"}}'
-    with pytest.raises(ParseError):
-        VENUES["binance_spot"].new_parser().parse(frame, RECV_TS)
+ODD_STREAMS = [
+    '{"stream":"btcusdt","data":{"e":"trade"}}',  # no channel (recursed forever before the one-line fix)
+    '{"data":{"e":"trade"},"stream":"btcusdt"}',  # same, keys reordered
+    '{"stream":"","data":{}}',
+    '{"stream":"@","data":{}}',
+    '{"stream":"btcusdt@","data":{"e":"trade"}}',
+    '{"stream":"btcusdt@trade"}',
+    '{"stream":"btcusdt@trade","data":{}}',
+    '{"stream":"btcusdt@trade\\"x","data":{}}',
+    '{"stream":"btcusdt\\u0040trade","data":{"e":"trade"}}',
+    '{"id":1,"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT"}}',
+]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Binance's live error shape {'error':{code,msg},'id':N} is "
-                                       "treated as a SUBSCRIBE ack and silently returns [] (see report)")
+@pytest.mark.parametrize("venue", ["binance_spot", "binance_usdm"])
+@pytest.mark.parametrize("frame", ODD_STREAMS)
+def test_odd_stream_names_give_nothing_or_parse_error_never_another_exception(venue, frame):
+    try:
+        assert VENUES[venue].new_parser().parse(frame, RECV_TS) == []
+    except ParseError as exc:
+        assert str(exc).startswith(f"{venue}: ")
+
+
+def test_very_long_stream_name_gives_nothing_or_parse_error():
+    """Used to recurse forever: the stream name ran past the parser's prefix window."""
+    for n in (90, 120, 500):
+        frame = '{"stream":"' + "a" * n + '@trade","data":{"e":"trade"}}'
+        with pytest.raises(ParseError, match=r"^binance_spot: "):
+            VENUES["binance_spot"].new_parser().parse(frame, RECV_TS)
+
+
 def test_nested_error_reply_raises_parse_error():
-    with pytest.raises(ParseError, match="binance_spot"):
+    """The shape live servers send (the docs show the flat one): was taken for a SUBSCRIBE ack."""
+    with pytest.raises(ParseError, match=r"^binance_spot: error reply code 2: Invalid request"):
         VENUES["binance_spot"].new_parser().parse('{"error":{"code":2,"msg":"Invalid request"},"id":1}', 0)
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError,
-                   reason="BUG: a str frame with a lone surrogate escapes as UnicodeEncodeError from "
-                          "_parse_other (cannot come from websockets, which decodes strict UTF-8)")  # fmt: skip
 def test_lone_surrogate_text_raises_parse_error():
-    with pytest.raises(ParseError):
-        VENUES["binance_spot"].new_parser().parse('{"result":null,"id":1,"x":"\ud800"}', RECV_TS)
+    """Cannot come from websockets (strict UTF-8), but must not escape as UnicodeEncodeError."""
+    for frame in (
+        '{"result":null,"id":1,"x":"\ud800"}',
+        '{"stream":"btcusdt@trade","data":{"s":"\ud800"}}',
+    ):
+        with pytest.raises(ParseError, match=r"^binance_spot: "):
+            VENUES["binance_spot"].new_parser().parse(frame, RECV_TS)
 
 
 def test_error_reply_message_carries_code_and_text():
@@ -297,8 +339,13 @@ def test_control_frames_and_unnormalised_streams_return_nothing(venue, frame):
 def test_every_depth_speed_suffix_is_a_depth_stream(speed):
     frame = DEPTH.replace("@depth@100ms", "@depth" + speed)
     (d,) = VENUES["binance_usdm"].new_parser().parse(frame, RECV_TS)
-    assert (d.seq, d.first_seq, d.prev_seq, d.bids, d.asks) == (
-        600859600917, 600859599090, 600859598061, [("7.5040", "813")], [("7.6150", "1563")])
+    assert (d.seq, d.first_seq, d.prev_seq, d.bid_levels(), d.ask_levels()) == (
+        600859600917,
+        600859599090,
+        600859598061,
+        [("7.5040", "813")],
+        [("7.6150", "1563")],
+    )
 
 
 # --- subscribe messages ---------------------------------------------------------------------------------
@@ -312,7 +359,8 @@ def test_subscribe_message_exact_json(name):
         '{"method":"SUBSCRIBE","params":["btcusdt@trade","btcusdt@depth@100ms","btcusdt@bookTicker",'
         '"ethusdt@trade","ethusdt@depth@100ms","ethusdt@bookTicker"],"id":1}'
     ]
-    assert venue.unsubscribe_messages(subs[:1], 42) == ['{"method":"UNSUBSCRIBE","params":["btcusdt@trade"],"id":42}']
+    unsub = '{"method":"UNSUBSCRIBE","params":["btcusdt@trade"],"id":42}'
+    assert venue.unsubscribe_messages(subs[:1], 42) == [unsub]
 
 
 def test_subscribe_messages_chunk_with_consecutive_ids():
@@ -321,12 +369,22 @@ def test_subscribe_messages_chunk_with_consecutive_ids():
     subs = venue.subscriptions([f"C{i}-USDT" for i in range(450)], [DataType.TRADE])
     msgs = [orjson.loads(m) for m in venue.subscribe_messages(subs, 10)]
     assert [(m["method"], len(m["params"]), m["id"]) for m in msgs] == [
-        ("SUBSCRIBE", 200, 10), ("SUBSCRIBE", 200, 11), ("SUBSCRIBE", 50, 12)]
+        ("SUBSCRIBE", 200, 10),
+        ("SUBSCRIBE", 200, 11),
+        ("SUBSCRIBE", 50, 12),
+    ]
     assert [p for m in msgs for p in m["params"]] == [f"c{i}usdt@trade" for i in range(450)]
 
 
-@pytest.mark.parametrize(("symbol", "instrument"), [("BTC-USDT", "BTCUSDT"), ("btc-usdt", "BTCUSDT"),
-                                                    ("BTCUSDT", "BTCUSDT"), ("1000SHIB-USDT", "1000SHIBUSDT")])
+@pytest.mark.parametrize(
+    ("symbol", "instrument"),
+    [
+        ("BTC-USDT", "BTCUSDT"),
+        ("btc-usdt", "BTCUSDT"),
+        ("BTCUSDT", "BTCUSDT"),
+        ("1000SHIB-USDT", "1000SHIBUSDT"),
+    ],
+)
 def test_to_instrument(symbol, instrument):
     assert VENUES["binance_spot"].to_instrument(symbol) == instrument
     assert VENUES["binance_usdm"].to_instrument(symbol) == instrument

@@ -26,7 +26,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from marketprism import metrics
-from marketprism.records import Record, Status, now_us, symbol_of
+from marketprism.records import Record, Status, now_us
 from marketprism.stream.capture import CaptureWriter
 from marketprism.venues.base import ParseError, Parser, Subscription, Venue
 
@@ -114,7 +114,7 @@ class WsSession:
         self._rng = rng or random.Random()
         self._stop = asyncio.Event()
         self._label = f"{venue.name}/{shard}"
-        self._symbols = sorted({(s.instrument, symbol_of(s.instrument)) for s in self.subscriptions})
+        self._symbols = sorted({(s.instrument, s.symbol) for s in self.subscriptions})
         self._rotating = False
         self._retiring: set[asyncio.Task[None]] = set()
         self._request_id = 1
@@ -201,7 +201,7 @@ class WsSession:
             self.url, open_timeout=self.config.open_timeout_s, max_size=2**24, compression=None,
             ping_interval=20, ping_timeout=20, close_timeout=2,
         )  # fmt: skip
-        conn = _Connection(ws, self.venue.new_parser(), self._label)
+        conn = _Connection(ws, self.venue.new_parser(dict(self._symbols)), self._label)
         self.stats.connects += 1
         self.stats.connected = True
         metrics.CONNECTED.labels(self.venue.name).inc()

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from marketprism.records import DataType, Exchange, Market, Record
+from marketprism.records import DataType, Exchange, Market, Record, split_dashed, symbol_of
 
 
 class ParseError(ValueError):
@@ -55,6 +55,7 @@ class Subscription:
     data_type: DataType
     channel: str
     instrument: str
+    symbol: str  # normalised BASE-QUOTE, as the user named it
 
 
 class Parser(Protocol):
@@ -75,7 +76,7 @@ class Venue:
     to_instrument: Callable[[str], str]  # "BTC-USDT" -> venue id
     subscribe_messages: Callable[[Sequence[Subscription], int], list[str]]  # (subs, first request id)
     unsubscribe_messages: Callable[[Sequence[Subscription], int], list[str]]
-    new_parser: Callable[[], Parser]
+    new_parser: Callable[..., Parser]  # (symbols: instrument -> symbol, optional) -> a fresh parser
     depth_levels: int = 0  # for venues whose book channel names a depth (Bybit orderbook.N)
     notes: dict[str, str] = field(default_factory=dict)
 
@@ -83,9 +84,12 @@ class Venue:
         unknown = [dt for dt in data_types if dt not in self.channels]
         if unknown:
             raise ValueError(f"{self.name} has no channel for data type(s) {', '.join(map(str, unknown))}")
-        return [
-            Subscription(dt, self.channels[dt], self.to_instrument(symbol)) for symbol in symbols for dt in data_types
-        ]
+        subs: list[Subscription] = []
+        for name in symbols:
+            instrument = self.to_instrument(name)
+            symbol = split_dashed(name) if "-" in name else symbol_of(instrument)
+            subs.extend(Subscription(dt, self.channels[dt], instrument, symbol) for dt in data_types)
+        return subs
 
     def url(self, ws_base: str | None = None) -> str:
         return (ws_base or self.ws_url).rstrip("/") + self.ws_path

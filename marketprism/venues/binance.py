@@ -12,7 +12,7 @@ Times are milliseconds; records carry microseconds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -22,7 +22,6 @@ from marketprism.records import (
     DataType,
     Depth,
     Exchange,
-    Level,
     Market,
     Record,
     Side,
@@ -42,9 +41,10 @@ class _Envelope(msgspec.Struct):
     id: int | None = None
     code: int | None = None
     msg: str | None = None
+    error: dict[str, Any] | None = None  # {"error": {"code": 2, "msg": "Invalid request"}, "id": 1}
 
 
-class _Trade(msgspec.Struct):
+class _Trade(msgspec.Struct, gc=False):
     s: str
     t: int
     p: str
@@ -53,7 +53,7 @@ class _Trade(msgspec.Struct):
     m: bool
 
 
-class _AggTrade(msgspec.Struct):
+class _AggTrade(msgspec.Struct, gc=False):
     s: str
     a: int
     p: str
@@ -64,17 +64,17 @@ class _AggTrade(msgspec.Struct):
     m: bool
 
 
-class _DepthUpdate(msgspec.Struct):
+class _DepthUpdate(msgspec.Struct, gc=False):
     E: int
     s: str
     U: int
     u: int
-    b: list[Level]
-    a: list[Level]
+    b: msgspec.Raw  # levels stay the venue's JSON: building a Python tuple per level costs more than all else
+    a: msgspec.Raw
     pu: int | None = None
 
 
-class _BookTicker(msgspec.Struct):
+class _BookTicker(msgspec.Struct, gc=False):
     u: int
     s: str
     b: str
@@ -84,24 +84,25 @@ class _BookTicker(msgspec.Struct):
     E: int | None = None
 
 
-class _TradeFrame(msgspec.Struct):
+class _TradeFrame(msgspec.Struct, gc=False):
     data: _Trade
 
 
-class _AggTradeFrame(msgspec.Struct):
+class _AggTradeFrame(msgspec.Struct, gc=False):
     data: _AggTrade
 
 
-class _DepthFrame(msgspec.Struct):
+class _DepthFrame(msgspec.Struct, gc=False):
     data: _DepthUpdate
 
 
-class _BookTickerFrame(msgspec.Struct):
+class _BookTickerFrame(msgspec.Struct, gc=False):
     data: _BookTicker
 
 
 _envelope = msgspec.json.Decoder(_Envelope)
 _PREFIX = '{"stream":"'
+_UNSEEN: Any = object()
 _BUY, _SELL = Side.BUY.value, Side.SELL.value
 
 
@@ -110,26 +111,31 @@ def to_instrument(symbol: str) -> str:
     return symbol.replace("-", "").upper()
 
 
-class BinanceParser:
-    """Parses combined-stream frames. One instance per connection; it caches instrument -> symbol.
+# One stream's parsing: (whole-frame decoder, data-only decoder, record builder with the symbol bound).
+_StreamParser = tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any], Callable[[Any, int], list[Record]]]
 
-    The stream name leads every combined frame, so it is read from the text and the whole frame is
-    decoded once by the typed decoder for its channel (half the cost of decoding an envelope first).
+_FRAME_DECODERS: dict[str, tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any]]] = {
+    "trade": (msgspec.json.Decoder(_TradeFrame), msgspec.json.Decoder(_Trade)),
+    "aggTrade": (msgspec.json.Decoder(_AggTradeFrame), msgspec.json.Decoder(_AggTrade)),
+    "bookTicker": (msgspec.json.Decoder(_BookTickerFrame), msgspec.json.Decoder(_BookTicker)),
+    "depth": (msgspec.json.Decoder(_DepthFrame), msgspec.json.Decoder(_DepthUpdate)),
+}
+
+
+class BinanceParser:
+    """Parses combined-stream frames. One instance per connection.
+
+    The stream name leads every combined frame, so it is read from the text, and the whole frame is then
+    decoded once by the typed decoder for that stream, with a builder whose symbol is already bound (the
+    per-frame Python work is what separates a fast parser from a slow one). Depth levels stay raw JSON.
     """
 
-    def __init__(self, venue_name: str, market: Market):
+    def __init__(self, venue_name: str, market: Market, symbols: Mapping[str, str] | None = None):
         self.venue_name = venue_name
         self.market = market.value
-        self._symbols: dict[str, str] = {}
-        self._by_channel: dict[str, tuple[msgspec.json.Decoder[Any], Callable[[Any, int], Record]]] = {
-            "trade": (msgspec.json.Decoder(_TradeFrame), self._trade),
-            "aggTrade": (msgspec.json.Decoder(_AggTradeFrame), self._agg_trade),
-            "bookTicker": (msgspec.json.Decoder(_BookTickerFrame), self._ticker),
-        }
-        depth = (msgspec.json.Decoder(_DepthFrame), self._depth_update)
-        for speed in ("", "@0ms", "@100ms", "@250ms", "@500ms", "@1000ms"):
-            self._by_channel["depth" + speed] = depth
-        self._depth = depth
+        # instrument -> symbol; seeded from the subscriptions so "ADAEUR" is ADA-EUR, not AD-AEUR.
+        self._symbols: dict[str, str] = dict(symbols or {})
+        self._streams: dict[str, _StreamParser | None] = {}
 
     def _symbol(self, instrument: str) -> str:
         sym = self._symbols.get(instrument)
@@ -137,74 +143,115 @@ class BinanceParser:
             sym = self._symbols[instrument] = split_concatenated(instrument)
         return sym
 
-    def _channel(self, frame: str | bytes) -> str | None:
-        text = frame if isinstance(frame, str) else frame[:100].decode("latin-1")
-        if not text.startswith(_PREFIX):
-            return None
-        at = text.find("@", 11, 100)
-        end = text.find('"', at, 120)
-        return text[at + 1 : end] if at > 0 and end > 0 else None
+    def _stream_parser(self, stream: str) -> _StreamParser | None:
+        """Decoders and builder for a stream such as ``btcusdt@depth@100ms``; None for streams not normalised."""
+        if stream in self._streams:
+            return self._streams[stream]
+        instrument, _, channel = stream.partition("@")
+        kind = "depth" if channel.startswith("depth") else channel
+        decoders = _FRAME_DECODERS.get(kind)
+        parser: _StreamParser | None = None
+        if decoders is not None:
+            instrument = instrument.upper()
+            build = getattr(self, f"_build_{kind}")(instrument, self._symbol(instrument))
+            parser = (decoders[0], decoders[1], build)
+        if len(self._streams) < 100_000:
+            self._streams[stream] = parser
+        return parser
 
     def parse(self, frame: str | bytes, recv_ts: int) -> list[Record]:
-        channel = self._channel(frame)
-        if channel is None:
+        text = frame if isinstance(frame, str) else frame[:128].decode("latin-1")
+        end = text.find('"', 11, 128) if text.startswith(_PREFIX) else -1
+        if end < 0:
             return self._parse_other(frame, recv_ts)
-        handler = self._by_channel.get(channel)
-        if handler is None and channel.startswith("depth"):
-            handler = self._depth
-        if handler is None:
-            return []  # a stream MarketPrism does not normalise (e.g. kline): ignored, not an error
-        decoder, build = handler
+        stream = text[11:end]
         try:
-            return [build(decoder.decode(frame).data, recv_ts)]
+            parser = self._streams.get(stream, _UNSEEN)
+            if parser is _UNSEEN:
+                parser = self._stream_parser(stream)
+            if parser is None:
+                return []  # a stream MarketPrism does not normalise (e.g. kline): ignored, not an error
+            return parser[2](parser[0].decode(frame).data, recv_ts)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ParseError(self.venue_name, f"bad {channel} frame ({exc})", frame) from None
-        except ValueError as exc:  # symbol normalisation
+            raise ParseError(self.venue_name, f"bad {stream} frame ({exc})", frame) from None
+        except ValueError as exc:  # symbol normalisation; UnicodeError (a lone surrogate) is a ValueError too
             raise ParseError(self.venue_name, str(exc), frame) from None
 
     def _parse_other(self, frame: str | bytes, recv_ts: int) -> list[Record]:
-        """Replies, errors and combined frames whose keys arrive in another order."""
+        """Replies, errors, and combined frames that do not start with the stream name."""
         try:
             env = _envelope.decode(frame)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError) as exc:
             raise ParseError(self.venue_name, f"not a Binance frame ({exc})", frame) from None
-        if env.stream is not None and "@" in env.stream and env.data:  # no "@": would recurse forever
-            wrapped = b'{"stream":"' + env.stream.encode() + b'","data":' + bytes(env.data) + b"}"
-            return self.parse(wrapped, recv_ts)
-        if env.code is not None:
-            raise ParseError(self.venue_name, f"error reply code {env.code}: {env.msg}", frame)
+        if env.stream is not None and env.data:
+            try:
+                parser = self._stream_parser(env.stream)
+                return [] if parser is None else parser[2](parser[1].decode(env.data), recv_ts)
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+                raise ParseError(self.venue_name, f"bad {env.stream} frame ({exc})", frame) from None
+        if env.code is not None or env.error is not None:
+            code, msg = (env.error.get("code"), env.error.get("msg")) if env.error else (env.code, env.msg)
+            raise ParseError(self.venue_name, f"error reply code {code}: {msg}", frame)
         if env.id is not None:
             return []  # reply to SUBSCRIBE / UNSUBSCRIBE
         raise ParseError(self.venue_name, "frame has neither stream/data nor id", frame)
 
-    def _trade(self, d: _Trade, recv_ts: int) -> Trade:
-        return Trade(
-            exchange="binance", market=self.market, symbol=self._symbol(d.s), instrument=d.s,
-            ts=d.T * 1000, recv_ts=recv_ts, trade_id=str(d.t), price=d.p, size=d.q,
-            side=_SELL if d.m else _BUY,
-        )  # fmt: skip
+    # Builders: one closure per stream, with everything that does not change per frame bound once.
+    def _build_trade(self, instrument: str, symbol: str) -> Callable[[_Trade, int], list[Record]]:
+        market = self.market
 
-    def _agg_trade(self, d: _AggTrade, recv_ts: int) -> Trade:
-        return Trade(
-            exchange="binance", market=self.market, symbol=self._symbol(d.s), instrument=d.s,
-            ts=d.T * 1000, recv_ts=recv_ts, trade_id=str(d.a), price=d.p, size=d.q,
-            side=_SELL if d.m else _BUY, aggregate=True, first_trade_id=d.f, last_trade_id=d.l,
-        )  # fmt: skip
+        def build(d: _Trade, recv_ts: int) -> list[Record]:
+            if d.s != instrument:
+                raise ValueError(f"symbol {d.s!r} in a {instrument} stream")
+            return [
+                Trade(exchange="binance", market=market, symbol=symbol, instrument=d.s, ts=d.T * 1000,
+                      recv_ts=recv_ts, trade_id=str(d.t), price=d.p, size=d.q, side=_SELL if d.m else _BUY)
+            ]  # fmt: skip
 
-    def _depth_update(self, d: _DepthUpdate, recv_ts: int) -> Depth:
-        return Depth(
-            exchange="binance", market=self.market, symbol=self._symbol(d.s), instrument=d.s,
-            ts=d.E * 1000, recv_ts=recv_ts, is_snapshot=False, bids=d.b, asks=d.a,
-            seq=d.u, first_seq=d.U, prev_seq=d.pu,
-        )  # fmt: skip
+        return build
 
-    def _ticker(self, d: _BookTicker, recv_ts: int) -> Ticker:
-        # Spot bookTicker carries no time at all: its ts is the receive time.
-        return Ticker(
-            exchange="binance", market=self.market, symbol=self._symbol(d.s), instrument=d.s,
-            ts=d.E * 1000 if d.E is not None else recv_ts, recv_ts=recv_ts,
-            bid_price=d.b, bid_size=d.B, ask_price=d.a, ask_size=d.A, seq=d.u,
-        )  # fmt: skip
+    def _build_aggTrade(self, instrument: str, symbol: str) -> Callable[[_AggTrade, int], list[Record]]:
+        market = self.market
+
+        def build(d: _AggTrade, recv_ts: int) -> list[Record]:
+            if d.s != instrument:
+                raise ValueError(f"symbol {d.s!r} in a {instrument} stream")
+            return [
+                Trade(exchange="binance", market=market, symbol=symbol, instrument=d.s, ts=d.T * 1000,
+                      recv_ts=recv_ts, trade_id=str(d.a), price=d.p, size=d.q, side=_SELL if d.m else _BUY,
+                      aggregate=True, first_trade_id=d.f, last_trade_id=d.l)
+            ]  # fmt: skip
+
+        return build
+
+    def _build_depth(self, instrument: str, symbol: str) -> Callable[[_DepthUpdate, int], list[Record]]:
+        market = self.market
+
+        def build(d: _DepthUpdate, recv_ts: int) -> list[Record]:
+            if d.s != instrument:
+                raise ValueError(f"symbol {d.s!r} in a {instrument} stream")
+            return [
+                Depth(exchange="binance", market=market, symbol=symbol, instrument=d.s, ts=d.E * 1000,
+                      recv_ts=recv_ts, is_snapshot=False, bids=d.b, asks=d.a, seq=d.u, first_seq=d.U,
+                      prev_seq=d.pu)
+            ]  # fmt: skip
+
+        return build
+
+    def _build_bookTicker(self, instrument: str, symbol: str) -> Callable[[_BookTicker, int], list[Record]]:
+        market = self.market
+
+        def build(d: _BookTicker, recv_ts: int) -> list[Record]:
+            if d.s != instrument:
+                raise ValueError(f"symbol {d.s!r} in a {instrument} stream")
+            # Spot bookTicker carries no time at all: its ts is the receive time.
+            return [
+                Ticker(exchange="binance", market=market, symbol=symbol, instrument=d.s,
+                       ts=d.E * 1000 if d.E is not None else recv_ts, recv_ts=recv_ts,
+                       bid_price=d.b, bid_size=d.B, ask_price=d.a, ask_size=d.A, seq=d.u)
+            ]  # fmt: skip
+
+        return build
 
 
 def _stream_names(subs: Sequence[Subscription]) -> list[str]:
@@ -233,7 +280,7 @@ def _make(name: str, market: Market, ws_url: str, rest_url: str, limits: Limits,
         to_instrument=to_instrument,
         subscribe_messages=lambda subs, first_id: _requests("SUBSCRIBE", subs, first_id, limits.args_per_subscribe),
         unsubscribe_messages=lambda subs, first_id: _requests("UNSUBSCRIBE", subs, first_id, limits.args_per_subscribe),
-        new_parser=lambda: BinanceParser(name, market),
+        new_parser=lambda symbols=None: BinanceParser(name, market, symbols),
     )
 
 

@@ -12,7 +12,7 @@ per instrument here; ``cs`` is the cross sequence). Times are milliseconds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 import orjson
@@ -21,7 +21,6 @@ from marketprism.records import (
     DataType,
     Depth,
     Exchange,
-    Level,
     Market,
     Record,
     Ticker,
@@ -51,10 +50,10 @@ class _Trade(msgspec.Struct):
     i: str
 
 
-class _Book(msgspec.Struct):
+class _Book(msgspec.Struct, gc=False):
     s: str
-    b: list[Level]
-    a: list[Level]
+    b: msgspec.Raw  # levels kept as sent (see records.Depth)
+    a: msgspec.Raw
     u: int
     seq: int | None = None
 
@@ -79,10 +78,10 @@ def to_instrument(symbol: str) -> str:
 
 
 class BybitParser:
-    def __init__(self, venue_name: str, market: Market):
+    def __init__(self, venue_name: str, market: Market, symbols: Mapping[str, str] | None = None):
         self.venue_name = venue_name
         self.market = market.value
-        self._symbols: dict[str, str] = {}
+        self._symbols: dict[str, str] = dict(symbols or {})  # instrument -> symbol, seeded by subscriptions
         self._bbo: dict[str, list[str | None]] = {}  # instrument -> [bid, bid size, ask, ask size, last]
 
     def _symbol(self, instrument: str) -> str:
@@ -94,7 +93,7 @@ class BybitParser:
     def parse(self, frame: str | bytes, recv_ts: int) -> list[Record]:
         try:
             f = _frame.decode(frame)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError) as exc:
             raise ParseError(self.venue_name, f"not a Bybit frame ({exc})", frame) from None
         if f.topic is None:
             if f.op is not None:
@@ -185,7 +184,7 @@ BYBIT_LINEAR = Venue(
     to_instrument=to_instrument,
     subscribe_messages=lambda subs, first_id: _requests("subscribe", subs, first_id),
     unsubscribe_messages=lambda subs, first_id: _requests("unsubscribe", subs, first_id),
-    new_parser=lambda: BybitParser("bybit_linear", Market.PERPETUAL),
+    new_parser=lambda symbols=None: BybitParser("bybit_linear", Market.PERPETUAL, symbols),
     depth_levels=BYBIT_DEPTH_LEVELS,
 )
 

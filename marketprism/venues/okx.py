@@ -15,7 +15,8 @@ Instruments: ``BTC-USDT`` (spot), ``BTC-USDT-SWAP`` (perpetual), ``BTC-USD-22052
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import msgspec
 import orjson
@@ -24,7 +25,6 @@ from marketprism.records import (
     DataType,
     Depth,
     Exchange,
-    Level,
     Market,
     Record,
     Ticker,
@@ -48,7 +48,7 @@ class _Frame(msgspec.Struct):
     msg: str | None = None
 
 
-class _Trade(msgspec.Struct):
+class _Trade(msgspec.Struct, gc=False):
     instId: str
     tradeId: str
     px: str
@@ -57,16 +57,23 @@ class _Trade(msgspec.Struct):
     ts: str
 
 
-class _Book(msgspec.Struct):
-    asks: list[list[str]]
-    bids: list[list[str]]
+class _Book(msgspec.Struct, gc=False):
+    asks: msgspec.Raw  # [[px, sz, "0", numOrders], ...] kept as sent (see records.Depth)
+    bids: msgspec.Raw
     ts: str
     checksum: int | None = None
     seqId: int | None = None
     prevSeqId: int | None = None
 
 
-class _Ticker(msgspec.Struct):
+class _Bbo(msgspec.Struct, gc=False):
+    asks: list[list[str]]
+    bids: list[list[str]]
+    ts: str
+    seqId: int | None = None
+
+
+class _Ticker(msgspec.Struct, gc=False):
     instId: str
     bidPx: str
     bidSz: str
@@ -76,12 +83,30 @@ class _Ticker(msgspec.Struct):
     last: str | None = None
 
 
-_frame = msgspec.json.Decoder(_Frame)
-_trades = msgspec.json.Decoder(list[_Trade])
-_books = msgspec.json.Decoder(list[_Book])
-_tickers = msgspec.json.Decoder(list[_Ticker])
+def _frame_type(item: type) -> type:
+    """A whole data frame whose ``data`` is a list of ``item`` (``arg`` is read from the text)."""
+    fields: list[Any] = [("data", list[item]), ("action", str | None, None)]  # type: ignore[valid-type]
+    return msgspec.defstruct(f"_{item.__name__}Frame", fields, gc=False)
 
-BOOK_CHANNELS = frozenset({"books", "books-l2-tbt", "books50-l2-tbt", "books5", "bbo-tbt"})
+
+# Channel kind -> (whole-frame decoder, data-only decoder).
+_DECODERS: dict[str, tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any]]] = {
+    kind: (msgspec.json.Decoder(_frame_type(item)), msgspec.json.Decoder(list[item]))  # type: ignore[valid-type]
+    for kind, item in (("trades", _Trade), ("books", _Book), ("bbo", _Bbo), ("tickers", _Ticker))
+}
+_KIND = {
+    "trades": "trades", "trades-all": "trades", "books": "books", "books-l2-tbt": "books",
+    "books50-l2-tbt": "books", "books5": "books", "bbo-tbt": "bbo", "tickers": "tickers",
+}  # fmt: skip
+_frame = msgspec.json.Decoder(_Frame)
+_ARG_PREFIX = '{"arg":{"channel":"'
+_INST_KEY = '","instId":"'
+_UNSEEN: Any = object()
+
+# (whole-frame decoder, data-only decoder, builder(items, action, recv_ts)) for one (channel, instId)
+_StreamParser = tuple[
+    msgspec.json.Decoder[Any], msgspec.json.Decoder[Any], Callable[[list[Any], str | None, int], list[Record]]
+]
 
 
 def instrument_market(instrument: str) -> Market:
@@ -95,27 +120,62 @@ def instrument_market(instrument: str) -> Market:
     return Market.OPTION
 
 
-def _levels(raw: list[list[str]]) -> list[Level]:
-    return [(lv[0], lv[1]) for lv in raw]
-
-
 class OkxParser:
-    def __init__(self, venue_name: str):
-        self.venue_name = venue_name
-        self._inst: dict[str, tuple[str, str]] = {}  # instId -> (market, symbol)
+    """Parses OKX v5 public pushes. One instance per connection.
 
-    def _meta(self, instrument: str) -> tuple[str, str]:
-        meta = self._inst.get(instrument)
-        if meta is None:
-            meta = self._inst[instrument] = (instrument_market(instrument).value, split_dashed(instrument))
-        return meta
+    Pushes start with ``{"arg":{"channel":"..","instId":".."}``, so the stream is read from the text and
+    the frame decoded once by the typed decoder for its channel; other shapes take the envelope path.
+    """
+
+    def __init__(self, venue_name: str, symbols: Mapping[str, str] | None = None):
+        self.venue_name = venue_name
+        self._symbols: dict[str, str] = dict(symbols or {})  # instId -> symbol
+        self._streams: dict[str, _StreamParser | None] = {}
+
+    def _stream_parser(self, channel: str, inst: str) -> _StreamParser | None:
+        key = f"{channel}{_INST_KEY}{inst}"
+        if key in self._streams:
+            return self._streams[key]
+        kind = _KIND.get(channel)
+        parser: _StreamParser | None = None
+        if kind is not None:
+            if inst not in self._symbols:
+                self._symbols[inst] = split_dashed(inst)
+            build = getattr(self, f"_build_{kind}")(inst, instrument_market(inst).value, self._symbols[inst])
+            parser = (*_DECODERS[kind], build)
+        if len(self._streams) < 100_000:
+            self._streams[key] = parser
+        return parser
 
     def parse(self, frame: str | bytes, recv_ts: int) -> list[Record]:
         if frame == "pong" or frame == b"pong":
             return []
+        text = frame if isinstance(frame, str) else frame[:160].decode("latin-1")
+        if text.startswith(_ARG_PREFIX):
+            end = text.find('"', 19, 160)
+            if end > 0 and text.startswith(_INST_KEY, end):
+                inst_end = text.find('"', end + 12, 200)
+                if inst_end > 0 and text.startswith("}", inst_end + 1):
+                    key = text[19:inst_end]
+                    try:
+                        parser = self._streams.get(key, _UNSEEN)
+                        if parser is _UNSEEN:
+                            parser = self._stream_parser(text[19:end], text[end + 12 : inst_end])
+                        if parser is None:
+                            return []
+                        f = parser[0].decode(frame)
+                        return parser[2](f.data, f.action, recv_ts)
+                    except (msgspec.DecodeError, msgspec.ValidationError, IndexError) as exc:
+                        raise ParseError(self.venue_name, f"bad {text[19:end]} push ({exc})", frame) from None
+                    except ValueError as exc:
+                        raise ParseError(self.venue_name, str(exc), frame) from None
+        return self._parse_other(frame, recv_ts)
+
+    def _parse_other(self, frame: str | bytes, recv_ts: int) -> list[Record]:
+        """Events (acks, errors, notices) and pushes whose keys arrive in another order."""
         try:
             f = _frame.decode(frame)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError) as exc:
             raise ParseError(self.venue_name, f"not an OKX frame ({exc})", frame) from None
         if f.event is not None:
             if f.event == "error":
@@ -123,55 +183,68 @@ class OkxParser:
             return []  # subscribe / unsubscribe acks, channel-conn-count notices
         if f.arg is None or not f.data:
             raise ParseError(self.venue_name, "frame has neither event nor arg/data", frame)
-        channel, inst = f.arg.channel, f.arg.instId
         try:
-            if channel == "trades" or channel == "trades-all":
-                return [self._trade(t, recv_ts) for t in _trades.decode(f.data)]
-            if channel == "bbo-tbt":
-                return [self._bbo(inst, b, recv_ts) for b in _books.decode(f.data)]
-            if channel in BOOK_CHANNELS:
-                snapshot = f.action != "update"  # books5 pushes full books without an action
-                return [self._book(inst, b, snapshot, recv_ts) for b in _books.decode(f.data)]
-            if channel == "tickers":
-                return [self._ticker(t, recv_ts) for t in _tickers.decode(f.data)]
+            parser = self._stream_parser(f.arg.channel, f.arg.instId)
+            return [] if parser is None else parser[2](parser[1].decode(f.data), f.action, recv_ts)
         except (msgspec.DecodeError, msgspec.ValidationError, IndexError) as exc:
-            raise ParseError(self.venue_name, f"bad {channel} payload ({exc})", frame) from None
+            raise ParseError(self.venue_name, f"bad {f.arg.channel} payload ({exc})", frame) from None
         except ValueError as exc:
             raise ParseError(self.venue_name, str(exc), frame) from None
-        return []
 
-    def _trade(self, t: _Trade, recv_ts: int) -> Trade:
-        market, symbol = self._meta(t.instId)
-        return Trade(
-            exchange="okx", market=market, symbol=symbol, instrument=t.instId, ts=int(t.ts) * 1000,
-            recv_ts=recv_ts, trade_id=t.tradeId, price=t.px, size=t.sz, side=t.side,
-        )  # fmt: skip
+    # Builders: one closure per (channel, instrument) with the instrument's market and symbol bound.
+    def _build_trades(
+        self, inst: str, market: str, symbol: str
+    ) -> Callable[[list[_Trade], str | None, int], list[Record]]:
+        def build(items: list[_Trade], action: str | None, recv_ts: int) -> list[Record]:
+            return [
+                Trade(exchange="okx", market=market, symbol=symbol, instrument=t.instId, ts=int(t.ts) * 1000,
+                      recv_ts=recv_ts, trade_id=t.tradeId, price=t.px, size=t.sz, side=t.side)
+                for t in items
+            ]  # fmt: skip
 
-    def _book(self, inst: str, b: _Book, snapshot: bool, recv_ts: int) -> Depth:
-        market, symbol = self._meta(inst)
-        return Depth(
-            exchange="okx", market=market, symbol=symbol, instrument=inst, ts=int(b.ts) * 1000,
-            recv_ts=recv_ts, is_snapshot=snapshot, bids=_levels(b.bids), asks=_levels(b.asks),
-            seq=b.seqId, prev_seq=b.prevSeqId, checksum=b.checksum,
-        )  # fmt: skip
+        return build
 
-    def _bbo(self, inst: str, b: _Book, recv_ts: int) -> Ticker:
-        market, symbol = self._meta(inst)
-        bid = b.bids[0] if b.bids else ["", ""]
-        ask = b.asks[0] if b.asks else ["", ""]
-        return Ticker(
-            exchange="okx", market=market, symbol=symbol, instrument=inst, ts=int(b.ts) * 1000,
-            recv_ts=recv_ts, bid_price=bid[0], bid_size=bid[1], ask_price=ask[0], ask_size=ask[1],
-            seq=b.seqId,
-        )  # fmt: skip
+    def _build_books(
+        self, inst: str, market: str, symbol: str
+    ) -> Callable[[list[_Book], str | None, int], list[Record]]:
+        def build(items: list[_Book], action: str | None, recv_ts: int) -> list[Record]:
+            snapshot = action != "update"  # books5 pushes full books without an action
+            return [
+                Depth(exchange="okx", market=market, symbol=symbol, instrument=inst, ts=int(b.ts) * 1000,
+                      recv_ts=recv_ts, is_snapshot=snapshot, bids=b.bids, asks=b.asks, seq=b.seqId,
+                      prev_seq=b.prevSeqId, checksum=b.checksum)
+                for b in items
+            ]  # fmt: skip
 
-    def _ticker(self, t: _Ticker, recv_ts: int) -> Ticker:
-        market, symbol = self._meta(t.instId)
-        return Ticker(
-            exchange="okx", market=market, symbol=symbol, instrument=t.instId, ts=int(t.ts) * 1000,
-            recv_ts=recv_ts, bid_price=t.bidPx, bid_size=t.bidSz, ask_price=t.askPx, ask_size=t.askSz,
-            last_price=t.last,
-        )  # fmt: skip
+        return build
+
+    def _build_bbo(self, inst: str, market: str, symbol: str) -> Callable[[list[_Bbo], str | None, int], list[Record]]:
+        def build(items: list[_Bbo], action: str | None, recv_ts: int) -> list[Record]:
+            out: list[Record] = []
+            for b in items:
+                if not b.bids or not b.asks:
+                    continue  # an empty side has no best price: not a ticker
+                out.append(
+                    Ticker(exchange="okx", market=market, symbol=symbol, instrument=inst, ts=int(b.ts) * 1000,
+                           recv_ts=recv_ts, bid_price=b.bids[0][0], bid_size=b.bids[0][1], ask_price=b.asks[0][0],
+                           ask_size=b.asks[0][1], seq=b.seqId)
+                )  # fmt: skip
+            return out
+
+        return build
+
+    def _build_tickers(
+        self, inst: str, market: str, symbol: str
+    ) -> Callable[[list[_Ticker], str | None, int], list[Record]]:
+        def build(items: list[_Ticker], action: str | None, recv_ts: int) -> list[Record]:
+            return [
+                Ticker(exchange="okx", market=market, symbol=symbol, instrument=t.instId, ts=int(t.ts) * 1000,
+                       recv_ts=recv_ts, bid_price=t.bidPx, bid_size=t.bidSz, ask_price=t.askPx, ask_size=t.askSz,
+                       last_price=t.last)
+                for t in items
+            ]  # fmt: skip
+
+        return build
 
 
 def _requests(op: str, subs: Sequence[Subscription], first_id: int, per_request: int) -> list[str]:
@@ -201,7 +274,7 @@ def _make(name: str, market: Market, suffix: str) -> Venue:
         to_instrument=to_instrument,
         subscribe_messages=lambda subs, first_id: _requests("subscribe", subs, first_id, 60),
         unsubscribe_messages=lambda subs, first_id: _requests("unsubscribe", subs, first_id, 60),
-        new_parser=lambda: OkxParser(name),
+        new_parser=lambda symbols=None: OkxParser(name, symbols),
     )
 
 
