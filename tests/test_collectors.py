@@ -268,3 +268,33 @@ async def test_record_writes_a_capture_that_the_simulator_replays(tmp_path: Path
         truth = sim.truth()
     replayed = sum(truth["replay"]["okx_swap"]["subjects"].values())
     assert replayed == report.collectors[0].records_by_type["trade"] + report.collectors[0].records_by_type["depth"]
+
+
+async def test_a_parser_bug_is_counted_and_the_session_carries_on() -> None:
+    """Anything a parser raises, not only ParseError, costs one frame, never the session."""
+    import dataclasses
+
+    base = get_venue("binance_spot")
+
+    class FlakyParser:
+        def __init__(self, symbols=None) -> None:
+            self.inner, self.n = base.new_parser(symbols), 0
+
+        def parse(self, frame, recv_ts):
+            self.n += 1
+            if self.n % 5 == 0:
+                raise KeyError("a bug, not a bad frame")
+            return self.inner.parse(frame, recv_ts)
+
+    venue = dataclasses.replace(base, new_parser=FlakyParser)
+    cfg = SimConfig(mode="synthetic", venues=["binance_spot"], symbols=["BTC-USDT"], rate=50.0)
+    async with SimServer(cfg, host="127.0.0.1", port=0) as sim:
+        sink = _Sink()
+        session = WsSession(venue, venue.subscriptions(["BTC-USDT"], [DataType.TRADE]), sink,
+                            ws_base=sim.ws_base("binance_spot"), config=FAST)  # fmt: skip
+        task = asyncio.create_task(session.run())
+        assert await wait_until(lambda: session.stats.parse_errors >= 5, 10)
+        session.stop()
+        await task
+    assert session.stats.reconnects == 0
+    assert session.stats.parse_errors == session.stats.frames // 5

@@ -115,7 +115,6 @@ class WsSession:
         self._stop = asyncio.Event()
         self._label = f"{venue.name}/{shard}"
         self._symbols = sorted({(s.instrument, s.symbol) for s in self.subscriptions})
-        self._rotating = False
         self._retiring: set[asyncio.Task[None]] = set()
         self._request_id = 1
         self._last_parse_log = 0.0
@@ -133,57 +132,66 @@ class WsSession:
 
     async def run(self) -> None:
         attempt = 0
+        rotating: tuple[_Connection, asyncio.Task[str]] | None = None  # the old socket, still being read
         while not self._stop.is_set():
             try:
                 conn = await self._open()
             except Exception as exc:
                 self._failed(f"connect failed: {type(exc).__name__}: {exc}")
+                if rotating is not None and rotating[1].done():  # the old socket ended first: a real gap
+                    self._emit_status(rotating[0], "disconnected", rotating[1].result())
+                    rotating = None
                 delay = backoff_delay(attempt, self.config.backoff_initial_s, self.config.backoff_max_s, self._rng)
                 attempt += 1
                 self.stats.backoff_delays.append(delay)
                 await self._sleep(delay)
                 continue
-            if attempt or (self.stats.connects > 1 and not self._rotating):
-                self.stats.reconnects += 1
-            attempt = 0
-            if not self._rotating:
+            if rotating is not None:  # the new socket is subscribed: let the old one overlap it, then close it
+                self._retire_later(*rotating)
+            else:
+                if attempt or self.stats.connects > 1:
+                    self.stats.reconnects += 1
                 self._emit_status(conn, "connected", "")
-            self._rotating = False
-            reason = await self._serve(conn)
+            attempt, rotating = 0, None
+            reason, pump = await self._serve(conn)
             if reason == "rotate":
                 self.stats.rotations += 1
-                self._rotating = True
                 metrics.RECONNECTS.labels(self.venue.name, "rotation").inc()
+                rotating = (conn, pump)
                 continue
             if self._stop.is_set():
                 break
             self._failed(reason)
             metrics.RECONNECTS.labels(self.venue.name, reason.split(":")[0]).inc()
             self._emit_status(conn, "disconnected", reason)
-            # The first retry after a drop is immediate-ish; repeated connect failures back off further.
+            # The first retry after a drop comes quickly; repeated connect failures back off further.
             attempt = 1
             await self._sleep(backoff_delay(0, self.config.backoff_initial_s, self.config.backoff_max_s, self._rng))
+        if rotating is not None:
+            self._retire_later(*rotating)
         self.stats.connected = False
         await asyncio.gather(*self._retiring, return_exceptions=True)
 
-    async def _serve(self, conn: _Connection) -> str:
+    async def _serve(self, conn: _Connection) -> tuple[str, asyncio.Task[str]]:
         """Pump frames until the socket ends, the session stops, or rotation is due (socket left open)."""
         pump = asyncio.create_task(self._pump(conn), name=f"{conn.id}-pump")
         stop = asyncio.create_task(self._stop.wait())
         await asyncio.wait({pump, stop}, timeout=self._max_age, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
         if pump.done():
-            return pump.result()
+            return pump.result(), pump
         if self._stop.is_set():
             await self._close(conn)
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await pump
-            return "stop"
+            return "stop", pump
         log.info("%s rotating after %.0fs, before the venue cuts it", conn.id, time.monotonic() - conn.opened_at)
+        return "rotate", pump
+
+    def _retire_later(self, conn: _Connection, pump: asyncio.Task[str]) -> None:
         retire = asyncio.create_task(self._retire(conn, pump))
         self._retiring.add(retire)
         retire.add_done_callback(self._retiring.discard)
-        return "rotate"
 
     async def _retire(self, conn: _Connection, pump: asyncio.Task[str]) -> None:
         """Keep reading a rotated-out socket until the new one has overlapped it, then close it."""
@@ -255,11 +263,12 @@ class WsSession:
             self.capture.write(recv_ts, "ws", self.url, frame)
         try:
             records = conn.parser.parse(frame, recv_ts)
-        except ParseError as exc:
+        except Exception as exc:  # ParseError is expected; anything else is a parser bug, which must not kill us
             self.stats.parse_errors += 1
             self._m_errors.inc()
             if now - self._last_parse_log >= self.config.parse_error_log_every_s:
-                log.warning("%s skipped a frame (%d so far): %s", conn.id, self.stats.parse_errors, exc)
+                log.warning("%s skipped a frame (%d so far): %s", conn.id, self.stats.parse_errors, exc,
+                            exc_info=not isinstance(exc, ParseError))  # fmt: skip
                 self._last_parse_log = now
             return
         for record in records:
