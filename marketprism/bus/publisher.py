@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import orjson
@@ -40,7 +40,7 @@ class PublisherStats:
 
 
 class _Pending:
-    __slots__ = ("attempts", "data_type", "msg_id", "payload", "subject")
+    __slots__ = ("attempts", "data_type", "msg_id", "payload", "sent_at", "subject")
 
     def __init__(self, subject: str, msg_id: str, payload: bytes, data_type: str):
         self.subject = subject
@@ -48,6 +48,7 @@ class _Pending:
         self.payload = payload
         self.data_type = data_type
         self.attempts = 0
+        self.sent_at = 0.0
 
 
 def _hpub(item: _Pending, reply: bytes) -> bytes:
@@ -81,7 +82,11 @@ class JetStreamPublisher:
         self._token = 0
         self._outstanding: dict[int, _Pending] = {}
         self._nacked: list[_Pending] = []
-        self._window_done = asyncio.Event()
+        self._progress = asyncio.Event()  # set by acks once half the window is free, and by submit()
+        self._refill_at = max_in_flight // 2
+        self._check_every_s = min(0.25, ack_timeout_s / 4)
+        self._published_by_type: Counter[str] = Counter()
+        self._duplicates_synced = 0
         self.buffer_size = buffer_size
         self.max_in_flight = max_in_flight
         self.ack_timeout_s = ack_timeout_s
@@ -89,12 +94,10 @@ class JetStreamPublisher:
         self.drop_log_every_s = drop_log_every_s
         self.stats = PublisherStats()
         self._buffer: deque[_Pending] = deque()
-        self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self._inflight: list[_Pending] = []
         self._last_drop_log = 0.0
         self._drops_since_log = 0
 
@@ -110,7 +113,8 @@ class JetStreamPublisher:
             return False
         self._buffer.append(_Pending(record.subject(), record.natural_key(), encode(record), record.data_type))
         self._idle.clear()
-        self._wakeup.set()
+        if len(self._buffer) == 1 or len(self._outstanding) <= self._refill_at:
+            self._progress.set()
         return True
 
     @property
@@ -138,21 +142,22 @@ class JetStreamPublisher:
         return self
 
     async def _run(self) -> None:
+        """Keep up to ``max_in_flight`` publishes outstanding; refill as acks return; retry what times out."""
+        await self._ensure_inbox()
         backoff = 0.05
         while True:
-            if not self._buffer:
+            self._send_window()
+            await self.nc._flush_pending()
+            self._sync_metrics()
+            if not self._buffer and not self._outstanding:
                 self._idle.set()
                 if self._closing:
                     return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            n = min(len(self._buffer), self.max_in_flight)
-            batch = [self._buffer.popleft() for _ in range(n)]
-            metrics.BUFFERED.set(len(self._buffer))
-            self._inflight = batch
-            failed = await self._publish_batch(batch)
-            self._inflight = []
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), self._check_every_s)
+            failed = self._expired() + self._nacked
+            self._nacked = []
             if failed:
                 self.stats.retries += len(failed)
                 metrics.RETRIES.inc(len(failed))
@@ -160,37 +165,46 @@ class JetStreamPublisher:
                 self._buffer.extendleft(reversed(failed))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.retry_backoff_max_s)
-            else:
+            elif self.stats.published:
                 backoff = 0.05
 
-    async def _publish_batch(self, batch: list[_Pending]) -> list[_Pending]:
-        """Send a window of messages, then wait for their acks (or the ack timeout)."""
-        await self._ensure_inbox()
-        nc = self.nc
-        outstanding = self._outstanding
-        self._window_done.clear()
-        failed: list[_Pending] = []
-        for i, item in enumerate(batch):
+    def _send_window(self) -> None:
+        nc, buffer, outstanding = self.nc, self._buffer, self._outstanding
+        room = self.max_in_flight - len(outstanding)
+        if room <= 0 or not buffer:
+            return
+        if not nc.is_connected:
+            self._note_error(ConnectionError("NATS not connected"))
+            return
+        now = time.monotonic()
+        pending = nc._pending  # nats-py's write buffer, flushed by its flusher task
+        size = 0
+        for _ in range(min(room, len(buffer))):
+            item = buffer.popleft()
             item.attempts += 1
-            if not nc.is_connected:
-                failed.extend(batch[i:])
-                self._note_error(ConnectionError("NATS not connected"))
-                break
+            item.sent_at = now
             self._token += 1
-            reply = b"%s%d" % (self._inbox, self._token)
             outstanding[self._token] = item
-            await nc._send_command(_hpub(item, reply))  # see _hpub: nats-py's publish() is 3x slower
-        await nc._flush_pending()
-        if outstanding:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._window_done.wait(), self.ack_timeout_s)
-        if outstanding:
-            self._note_error(TimeoutError(f"{len(outstanding)} ack(s) not received within {self.ack_timeout_s}s"))
-            failed.extend(outstanding.values())
-            outstanding.clear()
-        failed.extend(self._nacked)
-        self._nacked.clear()
-        return failed
+            cmd = _hpub(item, b"%s%d" % (self._inbox, self._token))
+            pending.append(cmd)  # nats-py's publish() costs 3x more: it re-validates every header
+            size += len(cmd)
+        nc._pending_data_size += size
+
+    def _expired(self) -> list[_Pending]:
+        """Outstanding publishes older than the ack timeout (oldest first: dicts keep insertion order)."""
+        outstanding = self._outstanding
+        if not outstanding:
+            return []
+        deadline = time.monotonic() - self.ack_timeout_s
+        expired = []
+        for token, item in outstanding.items():
+            if item.sent_at > deadline:
+                break
+            expired.append(token)
+        if not expired:
+            return []
+        self._note_error(TimeoutError(f"{len(expired)} ack(s) not received within {self.ack_timeout_s}s"))
+        return [outstanding.pop(t) for t in expired]
 
     async def _ensure_inbox(self) -> None:
         if self._ack_sub is None:
@@ -210,12 +224,21 @@ class JetStreamPublisher:
                 self._nacked.append(item)
             else:
                 self.stats.published += 1
-                metrics.PUBLISHED.labels(item.data_type).inc()
+                self._published_by_type[item.data_type] += 1
                 if b'"duplicate"' in data:  # the server writes '"duplicate": true'
                     self.stats.duplicates += 1
-                    metrics.DUPLICATES.inc()
-        if not self._outstanding:
-            self._window_done.set()
+        if len(self._outstanding) <= self._refill_at or self._nacked:
+            self._progress.set()
+
+    def _sync_metrics(self) -> None:
+        """Prometheus counters take a lock per call: they are advanced once per loop, not once per ack."""
+        for data_type, n in self._published_by_type.items():
+            if n:
+                metrics.PUBLISHED.labels(data_type).inc(n)
+        self._published_by_type.clear()
+        metrics.DUPLICATES.inc(self.stats.duplicates - self._duplicates_synced)
+        self._duplicates_synced = self.stats.duplicates
+        metrics.BUFFERED.set(len(self._buffer))
 
     def _note_error(self, exc: BaseException) -> None:
         text = f"{type(exc).__name__}: {exc}"
@@ -235,7 +258,7 @@ class JetStreamPublisher:
         """Flush, then stop. What could not be published in time is counted as dropped."""
         flushed = await self.flush(timeout_s)
         self._closing = True
-        self._wakeup.set()
+        self._progress.set()
         if self._task is not None:
             if not flushed:
                 self._task.cancel()
@@ -243,11 +266,12 @@ class JetStreamPublisher:
                 await self._task
             self._task = None
         # Unacknowledged in-flight records may or may not be stored: they count as dropped (unconfirmed).
-        lost = len(self._buffer) + len(self._inflight)
+        lost = len(self._buffer) + len(self._outstanding)
         if lost:
             self._drop("shutdown", lost)
             self._buffer.clear()
-            self._inflight = []
+            self._outstanding.clear()
+        self._sync_metrics()
 
 
 async def connect(servers: str | list[str], name: str = "marketprism", **kwargs: object) -> NATS:
