@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from marketprism.bus.publisher import JetStreamPublisher
-from marketprism.bus.server import free_port
+from marketprism.bus.server import LocalNatsServer, free_port
 from marketprism.records import DataType, Status, Trade
 from marketprism.runner import CollectorSpec, run_collectors
 from marketprism.sim import Faults, SimConfig, SimServer
@@ -298,3 +298,66 @@ async def test_a_parser_bug_is_counted_and_the_session_carries_on() -> None:
         await task
     assert session.stats.reconnects == 0
     assert session.stats.parse_errors == session.stats.frames // 5
+
+
+@pytest.mark.parametrize(("every_s", "cut"), [(0.3, False), (5.0, True)])
+async def test_client_heartbeat_keeps_a_quiet_okx_connection_open(every_s: float, cut: bool) -> None:
+    """OKX closes connections that send nothing for 30 s; the session's text "ping" keeps a quiet one open.
+
+    The simulator cuts after 1 s of client silence; a 0.3 s heartbeat survives, a 5 s one (control) does not.
+    """
+    import dataclasses
+
+    from marketprism.venues.base import Heartbeat
+
+    venue = dataclasses.replace(get_venue("okx_spot"), heartbeat=Heartbeat("client_text", every_s, "ping"))
+    cfg = SimConfig(mode="synthetic", venues=["okx_spot"], symbols=["BTC-USDT"], rate=0.0, client_idle_timeout_s=1.0)
+    async with SimServer(cfg, host="127.0.0.1", port=0) as sim:
+        session = WsSession(venue, venue.subscriptions(["BTC-USDT"], [DataType.TRADE]), _Sink(),
+                            ws_base=sim.ws_base("okx_spot"), config=FAST)  # fmt: skip
+        task = asyncio.create_task(session.run())
+        await asyncio.sleep(3.0)
+        session.stop()
+        await task
+    assert session.stats.parse_errors == 0
+    if cut:
+        assert session.stats.reconnects >= 1
+    else:
+        assert session.stats.connects == 1 and session.stats.reconnects == 0
+        assert session.stats.frames >= 5  # the subscribe ack and the pongs
+
+
+async def test_nats_killed_and_restarted_during_collection_loses_nothing(tmp_path: Path) -> None:
+    servers = [LocalNatsServer(tmp_path / "nats").start()]
+    stop = asyncio.Event()
+
+    async def outage() -> None:
+        await asyncio.sleep(1.5)
+        servers[0].kill()  # SIGKILL while the collector publishes
+        await asyncio.sleep(1.5)
+        servers.append(LocalNatsServer(tmp_path / "nats", port=servers[0].port).start())
+        await asyncio.sleep(3.0)
+        stop.set()
+
+    chaos = asyncio.create_task(outage())
+    spec = CollectorSpec("binance_spot", ("BTC-USDT", "ETH-USDT"), (DataType.TRADE,))
+    try:
+        report = await run_collectors([spec], nats_url=servers[0].url, data_dir=tmp_path, source="sim", stop=stop,
+                                      session_config=FAST, sim_options={"rate": 50.0})  # fmt: skip
+        await chaos
+        from marketprism.bus.publisher import connect
+
+        nc = await connect(servers[-1].url)
+        stored = await stream_messages(nc, "md.trade.>")
+        await nc.close()
+    finally:
+        for s in servers:
+            s.stop(kill=True)
+    produced = report.collectors[0].records_by_type["trade"]
+    assert produced > 300
+    assert report.publisher.dropped == 0
+    assert "not connected" in report.publisher.last_error or "ack" in report.publisher.last_error  # outage seen
+    assert len(stored) == produced  # every trade stored exactly once across the outage
+    for symbol in ("BTC-USDT", "ETH-USDT"):
+        ids = sorted(int(m.headers["Nats-Msg-Id"].rsplit(":", 1)[1]) for m in stored if m.subject.endswith(symbol))
+        assert ids == list(range(ids[0], ids[0] + len(ids)))  # contiguous: no trade missing
