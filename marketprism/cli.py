@@ -57,8 +57,9 @@ def _logging(verbose: bool) -> None:
 def _status_table(collectors: list[Collector], publisher: JetStreamPublisher, started: float) -> Table:
     elapsed = max(time.monotonic() - started, 1e-9)
     table = Table(title=f"MarketPrism collectors ({elapsed:.0f}s)")
-    for col in ("venue", "connected", "records", "records/s", "reconnects", "parse errors", "last error"):
-        table.add_column(col)
+    for col in ("venue", "conn", "records", "rec/s", "reconn", "errors"):
+        table.add_column(col, no_wrap=True, justify="left" if col == "venue" else "right")
+    table.add_column("last error", overflow="ellipsis")
     for c in collectors:
         st = c.stats
         table.add_row(

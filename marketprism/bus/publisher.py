@@ -282,7 +282,8 @@ async def connect(servers: str | list[str], name: str = "marketprism", **kwargs:
         log.warning("NATS error: %s", exc)
 
     async def on_disconnect() -> None:
-        log.warning("NATS disconnected")
+        if not (nc.is_closed or nc.is_draining):  # a close we asked for is not news
+            log.warning("NATS disconnected from %s", nc.connected_url.netloc if nc.connected_url else "?")
 
     async def on_reconnect() -> None:
         log.info("NATS reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")

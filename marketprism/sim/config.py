@@ -86,6 +86,9 @@ class SimConfig:
     book_levels: int = 40  # synthetic book: at most this many levels per side
     book_history: int = 20_000  # level changes kept to rebuild the book at a past sequence id
     max_backlog: int = 200_000  # frames queued for one connection before it is cut as a slow consumer
+    # Synthetic ids (trade ids, sequence ids) start this far up. None: the start time in ms, so a restarted
+    # simulator never repeats the ids of an earlier run (JetStream would drop those as duplicates).
+    id_offset: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("synthetic", "replay"):

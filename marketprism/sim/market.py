@@ -55,6 +55,7 @@ class SyntheticInstrument:
         seq_style: SeqStyle,
         levels: int,
         history: int,
+        id_offset: int = 0,
     ):
         self.instrument = instrument
         self.spec = spec
@@ -62,10 +63,10 @@ class SyntheticInstrument:
         self.rng = rng
         self.seq_style = seq_style
         max_lot = max(1000, 2 * 10**spec.size_decimals)
-        start_seq = rng.randrange(10**9, 10**10) if seq_style is not SeqStyle.PLUS_ONE else rng.randrange(1, 10**6)
-        self.book = SyntheticBook(rng, spec.start_ticks, levels, max_lot, start_seq, history)
-        self.trade_id = rng.randrange(10**8, 10**9)  # id of the last trade
-        self.cross_seq = rng.randrange(10**9, 10**10)
+        start_seq = rng.randrange(10**9, 10**10) if seq_style is not SeqStyle.PLUS_ONE else rng.randrange(2, 10**6)
+        self.book = SyntheticBook(rng, spec.start_ticks, levels, max_lot, id_offset + start_seq, history)
+        self.trade_id = id_offset + rng.randrange(10**8, 10**9)  # id of the last trade
+        self.cross_seq = id_offset + rng.randrange(10**9, 10**10)
         self.last_trade: TradeEvent | None = None
         self.accumulated: dict[DataType, float] = {dt: 0.0 for dt in (DataType.DEPTH, DataType.TRADE, DataType.TICKER)}
         self.published_ticker: dict[str, str] | None = None  # Bybit: the state the delta stream describes

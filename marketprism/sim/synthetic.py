@@ -44,12 +44,20 @@ class SyntheticVenue(VenueBackend):
         self.wire = wire
         self.rate = cfg.rate
         self.instruments: dict[str, SyntheticInstrument] = {}
+        id_offset = time.time_ns() // 1_000_000 if cfg.id_offset is None else cfg.id_offset
         for symbol in cfg.symbols:
             instrument = venue.to_instrument(symbol)
             spec = InstrumentSpec.for_symbol(symbol, cfg.seed)
             rng = random.Random(f"{cfg.seed}:{venue.name}:{instrument}")
             self.instruments[instrument] = SyntheticInstrument(
-                instrument, spec, wire.number_format(spec), rng, wire.seq_style, cfg.book_levels, cfg.book_history
+                instrument,
+                spec,
+                wire.number_format(spec),
+                rng,
+                wire.seq_style,
+                cfg.book_levels,
+                cfg.book_history,
+                id_offset,
             )
         self._streams: dict[StreamKey, _Stream] = {}
         self._active: Counter[str] = Counter()  # instrument -> subscriptions to any of its streams

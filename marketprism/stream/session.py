@@ -61,7 +61,7 @@ def backoff_delay(attempt: int, initial: float, cap: float, rng: random.Random) 
 @dataclass
 class SessionStats:
     frames: int = 0
-    records: int = 0
+    records: int = 0  # every record handed to the sink, status records included
     parse_errors: int = 0
     connects: int = 0
     reconnects: int = 0
@@ -315,5 +315,6 @@ class WsSession:
                     reason=reason,
                 )
             )  # fmt: skip
+            self.stats.records += 1
             self.stats.records_by_type[Status.data_type] += 1
             self._m_records[Status.data_type].inc()
