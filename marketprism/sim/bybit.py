@@ -187,7 +187,8 @@ class BybitWire(VenueWire):
     def trade_frames(self, inst: SyntheticInstrument, tr: TradeEvent, variants: Collection[str],
                      now_ms: int) -> list[Frame]:  # fmt: skip
         s, fmt = inst.instrument, inst.fmt
-        trade_uuid = str(uuid.UUID(int=inst.rng.getrandbits(128), version=4))
+        # Bybit trade ids are UUIDs; derive it from the (run-unique) trade id so restarts never repeat one.
+        trade_uuid = str(uuid.UUID(int=(tr.trade_id << 64) | inst.rng.getrandbits(64), version=4))
         data = [{"T": now_ms, "s": s, "S": "Buy" if tr.is_buy else "Sell", "v": fmt.size(tr.size),
                  "p": fmt.price(tr.price), "L": tr.tick_direction, "i": trade_uuid, "BT": False,
                  "seq": inst.cross_seq}]  # fmt: skip
