@@ -586,3 +586,30 @@ def test_parse_error_names_the_venue_and_truncates_the_frame():
     assert len(str(err)) < 250 and err.venue == "okx_spot" and err.reason == "bad books payload"
     assert isinstance(err, ValueError)
     assert "\\xff" not in str(ParseError("b", "r", b"\xff\xfe"))  # bytes are decoded with replacement
+
+
+def _malformed_levels() -> list[tuple[str, str, str]]:
+    from tests import test_parsers_binance, test_parsers_bybit, test_parsers_okx
+
+    modules = (
+        (test_parsers_binance, ("binance_spot", "binance_usdm")),
+        (test_parsers_bybit, ("bybit_linear",)),
+        (test_parsers_okx, ("okx_spot", "okx_swap")),
+    )
+    cases = []
+    for module, venues in modules:
+        cases += [(venue, case, frame) for venue in venues for case, frame in module.MALFORMED_LEVELS.items()]
+    return cases
+
+
+@pytest.mark.parametrize(("venue", "case", "frame"), _malformed_levels())
+def test_malformed_levels_are_kept_raw_and_rejected_when_decoded(venue, case, frame):
+    """Depth levels stay the venue's raw JSON in the collector; Depth.bid_levels()/ask_levels() check them."""
+    (depth,) = VENUES[venue].new_parser().parse(frame, RECV_TS)
+    assert bytes(depth.bids) in frame.encode() and bytes(depth.asks) in frame.encode()  # byte-exact
+    if "3 items" in case:  # extra elements after [price, size] are allowed (OKX sends 4)
+        levels = depth.bid_levels() + depth.ask_levels()
+        assert sum(len(level) == 3 for level in levels) == 1 and all(len(level) >= 2 for level in levels)
+    else:
+        with pytest.raises(ValueError, match="malformed depth level"):
+            depth.bid_levels() + depth.ask_levels()

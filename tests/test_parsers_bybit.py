@@ -197,20 +197,6 @@ MALFORMED = {
 MALFORMED_LEVELS = {case: MALFORMED.pop(case) for case in ["level as numbers", "level with 3 items"]}
 
 
-@pytest.mark.parametrize("venue", ["bybit_linear"])
-@pytest.mark.parametrize("case", sorted(MALFORMED_LEVELS))
-def test_malformed_levels_are_kept_raw_and_rejected_when_decoded(venue, case):
-    frame = MALFORMED_LEVELS[case]
-    (depth,) = VENUES[venue].new_parser().parse(frame, RECV_TS)
-    assert bytes(depth.bids) in frame.encode() and bytes(depth.asks) in frame.encode()  # byte-exact
-    if "3 items" in case:
-        levels = depth.bid_levels() + depth.ask_levels()
-        assert sum(len(level) == 3 for level in levels) == 1 and all(len(level) >= 2 for level in levels)
-    else:
-        with pytest.raises(ValueError, match="malformed depth level"):
-            depth.bid_levels() + depth.ask_levels()
-
-
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_malformed_frames_raise_parse_error_naming_the_venue(case):
     with pytest.raises(ParseError) as info:
