@@ -1,8 +1,7 @@
-"""Shared test fixtures: a real nats-server per test (free port, own store dir), fixture paths."""
+"""Shared test fixtures: a real nats-server per test (free port, own store dir)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,19 +10,6 @@ import pytest
 from marketprism.bus.publisher import connect
 from marketprism.bus.server import LocalNatsServer
 from marketprism.bus.stream import MarketDataStream, ensure_stream
-
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(os.environ.get("MARKETPRISM_FIXTURES", ROOT.parent / "shared" / "fixtures"))
-
-
-def fixture_path(relative: str) -> Path:
-    """Path of a recorded fixture file; skips the test with a clear reason when the folder is absent."""
-    if not FIXTURES.is_dir():
-        pytest.skip(f"recorded fixtures not found at {FIXTURES}; set MARKETPRISM_FIXTURES to the folder")
-    path = FIXTURES / relative
-    if not path.exists():
-        pytest.fail(f"fixture file missing: {path}")
-    return path
 
 
 @pytest.fixture

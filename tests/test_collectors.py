@@ -18,7 +18,7 @@ from marketprism.stream.capture import read_capture
 from marketprism.stream.collector import Collector, shard_subscriptions
 from marketprism.stream.session import SessionConfig, WsSession, backoff_delay
 from marketprism.venues import VENUES, get_venue
-from tests.conftest import fixture_path
+from tests.fixtures_util import fixture_path
 from tests.test_bus import stream_messages
 
 FAST = SessionConfig(stall_timeout_s=3.0, backoff_initial_s=0.05, backoff_max_s=0.5, open_timeout_s=3.0)
