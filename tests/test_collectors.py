@@ -360,3 +360,66 @@ async def test_nats_killed_and_restarted_during_collection_loses_nothing(tmp_pat
     for symbol in ("BTC-USDT", "ETH-USDT"):
         ids = sorted(int(m.headers["Nats-Msg-Id"].rsplit(":", 1)[1]) for m in stored if m.subject.endswith(symbol))
         assert ids == list(range(ids[0], ids[0] + len(ids)))  # contiguous: no trade missing
+
+
+async def test_set_symbols_hot_reloads_on_the_live_connection(tmp_path: Path, nats_client) -> None:
+    """Symbols added to a running collector flow within seconds; removed ones stop; no reconnect."""
+    venue = get_venue("binance_usdm")
+    cfg = SimConfig(mode="synthetic", venues=["binance_usdm"], symbols=["BTC-USDT", "ETH-USDT", "SOL-USDT"], rate=20.0)
+    async with SimServer(cfg, host="127.0.0.1", port=0) as sim:
+        sink = _Sink()
+        collector = Collector(venue, ["BTC-USDT"], sink, data_types=[DataType.TRADE], ws_base=sim.ws_base(venue.name),
+                              config=FAST)  # fmt: skip
+        task = asyncio.create_task(collector.run())
+
+        def trades(symbol: str) -> int:
+            return sum(1 for r in sink if isinstance(r, Trade) and r.symbol == symbol)
+
+        assert await wait_until(lambda: trades("BTC-USDT") > 5, 10)
+        await collector.set_symbols(["BTC-USDT", "ETH-USDT", "SOL-USDT"])
+        assert await wait_until(lambda: trades("ETH-USDT") > 5 and trades("SOL-USDT") > 5, 5)
+        await collector.set_symbols(["SOL-USDT"])
+        await asyncio.sleep(0.3)  # frames already on the wire when UNSUBSCRIBE left
+        btc, eth = trades("BTC-USDT"), trades("ETH-USDT")
+        await asyncio.sleep(1.0)
+        assert (trades("BTC-USDT"), trades("ETH-USDT")) == (btc, eth)  # unsubscribed: nothing more
+        sol = trades("SOL-USDT")
+        assert await wait_until(lambda: trades("SOL-USDT") > sol + 5, 5)
+        assert collector.symbols == ["SOL-USDT"]
+        stats = collector.stats
+        collector.stop()
+        await task
+        truth = sim.truth()
+    assert stats.reconnects == 0 and stats.connections == 1  # one connection throughout
+    assert truth["connections"]["binance_usdm"] == 1
+    events = [(r.symbol, r.event, r.reason) for r in sink if isinstance(r, Status)]
+    assert ("ETH-USDT", "connected", "subscribed") in events and ("SOL-USDT", "connected", "subscribed") in events
+    assert ("BTC-USDT", "disconnected", "unsubscribed") in events
+    with pytest.raises(ValueError, match="no symbols"):
+        await collector.set_symbols([])
+
+
+async def test_set_symbols_beyond_one_connection_opens_another() -> None:
+    import dataclasses
+
+    from marketprism.venues.base import Limits
+
+    base = get_venue("okx_swap")
+    venue = dataclasses.replace(base, limits=Limits(streams_per_connection=2, args_per_subscribe=2,
+                                                    subscribe_messages_per_s=50))  # fmt: skip
+    cfg = SimConfig(mode="synthetic", venues=["okx_swap"], symbols=["BTC-USDT", "ETH-USDT", "SOL-USDT"], rate=20.0)
+    async with SimServer(cfg, host="127.0.0.1", port=0) as sim:
+        sink = _Sink()
+        collector = Collector(venue, ["BTC-USDT"], sink, data_types=[DataType.TRADE, DataType.DEPTH],
+                              ws_base=sim.ws_base("okx_swap"), config=FAST)  # fmt: skip
+        task = asyncio.create_task(collector.run())
+        assert await wait_until(lambda: collector.stats.records > 5, 10)
+        await collector.set_symbols(["BTC-USDT", "ETH-USDT", "SOL-USDT"])
+        assert len(collector.sessions) == 3  # 2 streams per symbol, 2 per connection
+        assert await wait_until(
+            lambda: {r.symbol for r in sink if isinstance(r, Trade)} >= {"ETH-USDT", "SOL-USDT"}, 10
+        )
+        await collector.set_symbols(["SOL-USDT"])
+        assert len(collector.sessions) == 1
+        collector.stop()
+        await task

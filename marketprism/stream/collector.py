@@ -7,6 +7,7 @@ connection carries more streams than the venue allows.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -62,25 +63,100 @@ class Collector:
         if not symbols:
             raise ValueError(f"{venue.name}: no symbols to collect")
         self.venue = venue
-        subs = venue.subscriptions(symbols, list(data_types or venue.channels))
-        rng = random.Random(seed)
-        self.sessions = [
-            WsSession(venue, shard, sink, ws_base=ws_base, shard=i, config=config, capture=capture,
-                      rng=random.Random(rng.random()))
-            for i, shard in enumerate(shard_subscriptions(subs, venue.limits.streams_per_connection))
-        ]  # fmt: skip
+        self.data_types = list(data_types or venue.channels)
+        self.sink = sink
+        self._ws_base, self._config, self._capture = ws_base, config, capture
+        self._rng = random.Random(seed)
+        self._shards = itertools.count()
+        self.sessions: list[WsSession] = []
+        self._retired: list[WsSession] = []  # sessions stopped by set_symbols: their counts still count
+        self._tasks: dict[WsSession, asyncio.Task[None]] = {}
+        self._running = False
+        self._changed = asyncio.Event()
+        for shard in shard_subscriptions(venue.subscriptions(symbols, self.data_types), self._per_connection):
+            self._new_session(shard)
+
+    @property
+    def _per_connection(self) -> int:
+        return self.venue.limits.streams_per_connection
+
+    @property
+    def symbols(self) -> list[str]:
+        return sorted({s.symbol for session in self.sessions for s in session.subscriptions})
+
+    def _new_session(self, subs: Sequence[Subscription]) -> WsSession:
+        session = WsSession(
+            self.venue, subs, self.sink, shard=next(self._shards), ws_base=self._ws_base, config=self._config,
+            capture=self._capture, rng=random.Random(self._rng.random()),
+        )  # fmt: skip
+        self.sessions.append(session)
+        if self._running:
+            self._start(session)
+        return session
+
+    def _start(self, session: WsSession) -> None:
+        self._tasks[session] = asyncio.create_task(session.run(), name=f"{self.venue.name}/{session.shard}")
+        self._changed.set()
 
     async def run(self) -> None:
-        await asyncio.gather(*(s.run() for s in self.sessions))
+        """Run every session until ``stop()``; sessions added meanwhile are run too. A crashed session raises."""
+        self._running = True
+        for session in self.sessions:
+            if session not in self._tasks:
+                self._start(session)
+        try:
+            while self._tasks:
+                self._changed.clear()
+                changed = asyncio.create_task(self._changed.wait())
+                done, _ = await asyncio.wait({changed, *self._tasks.values()}, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                for session, task in list(self._tasks.items()):
+                    if task in done:
+                        del self._tasks[session]
+                        task.result()  # re-raise a session's crash
+        finally:
+            self._running = False
 
     def stop(self) -> None:
         for s in self.sessions:
             s.stop()
 
+    async def set_symbols(self, symbols: Sequence[str], data_types: Sequence[DataType] | None = None) -> None:
+        """Hot reload: subscribe what is new, unsubscribe what is gone, on the live connections.
+
+        New instruments go to a session with room for all their streams, else to a new session; sessions left
+        with nothing to carry are stopped.
+        """
+        if not symbols:
+            raise ValueError(f"{self.venue.name}: no symbols to collect")
+        self.data_types = list(data_types or self.data_types)
+        wanted = self.venue.subscriptions(symbols, self.data_types)
+        current = {s for session in self.sessions for s in session.subscriptions}
+        wanted_set = set(wanted)
+        for session in list(self.sessions):
+            gone = [s for s in session.subscriptions if s not in wanted_set]
+            if gone:
+                await session.remove(gone)
+            if not session.subscriptions:
+                session.stop()
+                self.sessions.remove(session)
+                self._retired.append(session)
+        for group in shard_subscriptions([s for s in wanted if s not in current], self._per_connection):
+            by_instrument: dict[str, list[Subscription]] = {}
+            for sub in group:
+                by_instrument.setdefault(sub.instrument, []).append(sub)
+            for subs in by_instrument.values():
+                room = self._per_connection - len(subs)
+                home = next((x for x in self.sessions if len(x.subscriptions) <= room), None)
+                if home is None:
+                    self._new_session(subs)
+                else:
+                    await home.add(subs)
+
     @property
     def stats(self) -> CollectorStats:
         out = CollectorStats(self.venue.name, connections=len(self.sessions))
-        for s in self.sessions:
+        for s in self.sessions + self._retired:
             st = s.stats
             out.connected += st.connected
             out.frames += st.frames

@@ -114,7 +114,9 @@ class WsSession:
         self._rng = rng or random.Random()
         self._stop = asyncio.Event()
         self._label = f"{venue.name}/{shard}"
-        self._symbols = sorted({(s.instrument, s.symbol) for s in self.subscriptions})
+        # instrument -> symbol; shared with each connection's parser, which sees symbols added at runtime
+        self._symbols: dict[str, str] = {s.instrument: s.symbol for s in self.subscriptions}
+        self._conn: _Connection | None = None  # the socket currently subscribed (None while reconnecting)
         self._retiring: set[asyncio.Task[None]] = set()
         self._request_id = 1
         self._last_parse_log = 0.0
@@ -159,6 +161,7 @@ class WsSession:
                 metrics.RECONNECTS.labels(self.venue.name, "rotation").inc()
                 rotating = (conn, pump)
                 continue
+            self._conn = None
             if self._stop.is_set():
                 break
             self._failed(reason)
@@ -209,26 +212,64 @@ class WsSession:
             self.url, open_timeout=self.config.open_timeout_s, max_size=2**24, compression=None,
             ping_interval=20, ping_timeout=20, close_timeout=2,
         )  # fmt: skip
-        conn = _Connection(ws, self.venue.new_parser(dict(self._symbols)), self._label)
+        conn = _Connection(ws, self.venue.new_parser(self._symbols), self._label)
         self.stats.connects += 1
         self.stats.connected = True
         metrics.CONNECTED.labels(self.venue.name).inc()
+        # No await between taking the snapshot and publishing the connection: a concurrent add() either lands in
+        # the snapshot or sees self._conn and subscribes its streams itself.
+        subscriptions = list(self.subscriptions)
+        self._conn = conn
         try:
-            await self._subscribe(conn)
+            await self._send(conn, self.venue.subscribe_messages(subscriptions, self._next_request_id()))
         except BaseException:
+            self._conn = None
             await self._close(conn)
             raise
         log.info("%s connected to %s with %d stream(s)", conn.id, self.url, len(self.subscriptions))
         return conn
 
-    async def _subscribe(self, conn: _Connection) -> None:
-        messages = self.venue.subscribe_messages(self.subscriptions, self._request_id)
-        self._request_id += len(messages)
+    def _next_request_id(self) -> int:
+        self._request_id += 100  # ids only need to be unique per connection; leave room for chunked requests
+        return self._request_id
+
+    async def _send(self, conn: _Connection, messages: list[str]) -> None:
         interval = 1.0 / self.venue.limits.subscribe_messages_per_s
         for i, message in enumerate(messages):
             if i:
                 await asyncio.sleep(interval)  # venues disconnect clients that subscribe too fast
             await conn.ws.send(message)
+
+    # --- subscriptions changed at runtime (hot reload) -----------------------------------------------
+    async def add(self, subscriptions: Sequence[Subscription]) -> None:
+        """Subscribe more streams on the live connection, and on every later one."""
+        new = [s for s in subscriptions if s not in self.subscriptions]
+        if not new:
+            return
+        fresh = sorted({(s.instrument, s.symbol) for s in new if s.instrument not in self._symbols})
+        self.subscriptions.extend(new)
+        self._symbols.update({s.instrument: s.symbol for s in new})
+        conn = self._conn
+        if conn is not None:
+            self._emit_status_for(conn, "connected", "subscribed", fresh)
+            with contextlib.suppress(websockets.ConnectionClosed):  # the next connection subscribes them anyway
+                await self._send(conn, self.venue.subscribe_messages(new, self._next_request_id()))
+
+    async def remove(self, subscriptions: Sequence[Subscription]) -> None:
+        """Unsubscribe streams; a symbol with no stream left gets a ``disconnected`` status (unsubscribed)."""
+        gone = [s for s in subscriptions if s in self.subscriptions]
+        if not gone:
+            return
+        self.subscriptions = [s for s in self.subscriptions if s not in gone]
+        left = {s.instrument for s in self.subscriptions}
+        dropped = sorted({(s.instrument, s.symbol) for s in gone if s.instrument not in left})
+        for instrument, _ in dropped:
+            self._symbols.pop(instrument, None)
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self._send(conn, self.venue.unsubscribe_messages(gone, self._next_request_id()))
+            self._emit_status_for(conn, "disconnected", "unsubscribed", dropped)
 
     async def _close(self, conn: _Connection) -> None:
         with contextlib.suppress(Exception):
@@ -306,8 +347,11 @@ class WsSession:
         log.warning("%s: %s", self._label, reason)
 
     def _emit_status(self, conn: _Connection, event: str, reason: str) -> None:
+        self._emit_status_for(conn, event, reason, sorted(self._symbols.items()))
+
+    def _emit_status_for(self, conn: _Connection, event: str, reason: str, symbols: list[tuple[str, str]]) -> None:
         ts = now_us()
-        for instrument, symbol in self._symbols:
+        for instrument, symbol in symbols:
             self.sink(
                 Status(
                     exchange=self.venue.exchange.value, market=self.venue.market.value, symbol=symbol,

@@ -133,14 +133,16 @@ class BinanceParser:
     def __init__(self, venue_name: str, market: Market, symbols: Mapping[str, str] | None = None):
         self.venue_name = venue_name
         self.market = market.value
-        # instrument -> symbol; seeded from the subscriptions so "ADAEUR" is ADA-EUR, not AD-AEUR.
-        self._symbols: dict[str, str] = dict(symbols or {})
+        # instrument -> symbol from the subscriptions (so "ADAEUR" is ADA-EUR, not AD-AEUR). Held by reference:
+        # a session adding subscriptions at runtime adds to it. Guesses for other instruments are kept apart.
+        self._known: Mapping[str, str] = symbols if symbols is not None else {}
+        self._guessed: dict[str, str] = {}
         self._streams: dict[str, _StreamParser | None] = {}
 
     def _symbol(self, instrument: str) -> str:
-        sym = self._symbols.get(instrument)
+        sym = self._known.get(instrument) or self._guessed.get(instrument)
         if sym is None:
-            sym = self._symbols[instrument] = split_concatenated(instrument)
+            sym = self._guessed[instrument] = split_concatenated(instrument)
         return sym
 
     def _stream_parser(self, stream: str) -> _StreamParser | None:

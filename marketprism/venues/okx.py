@@ -129,7 +129,8 @@ class OkxParser:
 
     def __init__(self, venue_name: str, symbols: Mapping[str, str] | None = None):
         self.venue_name = venue_name
-        self._symbols: dict[str, str] = dict(symbols or {})  # instId -> symbol
+        # instId -> symbol from the subscriptions, held by reference (a session may add to it at runtime)
+        self._known: Mapping[str, str] = symbols if symbols is not None else {}
         self._streams: dict[str, _StreamParser | None] = {}
 
     def _stream_parser(self, channel: str, inst: str) -> _StreamParser | None:
@@ -139,9 +140,8 @@ class OkxParser:
         kind = _KIND.get(channel)
         parser: _StreamParser | None = None
         if kind is not None:
-            if inst not in self._symbols:
-                self._symbols[inst] = split_dashed(inst)
-            build = getattr(self, f"_build_{kind}")(inst, instrument_market(inst).value, self._symbols[inst])
+            symbol = self._known.get(inst) or split_dashed(inst)
+            build = getattr(self, f"_build_{kind}")(inst, instrument_market(inst).value, symbol)
             parser = (*_DECODERS[kind], build)
         if len(self._streams) < 100_000:
             self._streams[key] = parser
