@@ -19,6 +19,7 @@ from typing import Any
 from marketprism.bus.publisher import JetStreamPublisher, PublisherStats, connect
 from marketprism.bus.server import LocalNatsServer
 from marketprism.bus.stream import MarketDataStream, ensure_stream
+from marketprism.control import CollectorControl
 from marketprism.records import DataType
 from marketprism.stream.capture import CaptureWriter
 from marketprism.stream.collector import Collector, CollectorStats
@@ -83,11 +84,11 @@ async def open_bus(
 
 @contextlib.asynccontextmanager
 async def open_sim(specs: Sequence[CollectorSpec], **sim_options: Any) -> AsyncIterator[Any]:
-    """An in-process synthetic simulator serving every venue and symbol in ``specs``."""
+    """An in-process synthetic simulator serving every venue and symbol in ``specs`` (or ``symbols=``)."""
     from marketprism.sim import SimConfig, SimServer
 
-    symbols = sorted({s for spec in specs for s in spec.symbols})
-    cfg = SimConfig(mode="synthetic", venues=[s.venue for s in specs], symbols=symbols, **sim_options)
+    options = {"symbols": sorted({s for spec in specs for s in spec.symbols}), **sim_options}
+    cfg = SimConfig(mode="synthetic", venues=[s.venue for s in specs], **options)
     async with SimServer(cfg, host="127.0.0.1", port=0) as sim:
         yield sim
 
@@ -106,10 +107,13 @@ async def run_collectors(
     on_tick: Callable[[list[Collector], JetStreamPublisher], None] | None = None,
     sim_options: dict[str, Any] | None = None,
     ws_bases: dict[str, str] | None = None,
+    on_start: Callable[[list[Collector]], None] | None = None,
 ) -> RunReport:
     """Collect ``specs`` into JetStream until ``stop`` is set or ``duration_s`` has passed.
 
-    ``ws_bases`` overrides a venue's WebSocket base URL (e.g. a simulator started elsewhere).
+    ``ws_bases`` overrides a venue's WebSocket base URL (e.g. a simulator started elsewhere). ``on_start``
+    receives the running collectors (e.g. to hot-reload their symbols). Each collector also answers on the
+    control plane (``marketprism.control``): status, symbols, stop.
     """
     if source not in ("live", "sim"):
         raise ValueError(f"source must be 'live' or 'sim', got {source!r}")
@@ -131,6 +135,9 @@ async def run_collectors(
             for venue, spec in zip(venues, specs, strict=True)
         ]  # fmt: skip
         tasks = [asyncio.create_task(c.run(), name=f"collector-{c.venue.name}") for c in collectors]
+        control = await CollectorControl(bus.nc, collectors).start()
+        if on_start is not None:
+            on_start(collectors)
         try:
             deadline = None if duration_s is None else started + duration_s
             while not stop.is_set():
@@ -144,7 +151,10 @@ async def run_collectors(
                 failed = [t for t in tasks if t.done() and t.exception() is not None]
                 if failed:
                     raise failed[0].exception()  # type: ignore[misc]
+                if all(t.done() for t in tasks):
+                    break  # every collector was stopped over the control plane
         finally:
+            await control.close()
             for c in collectors:
                 c.stop()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -423,3 +423,60 @@ async def test_set_symbols_beyond_one_connection_opens_another() -> None:
         assert len(collector.sessions) == 1
         collector.stop()
         await task
+
+
+async def test_control_plane_status_hot_reload_and_stop(tmp_path: Path, nats_server) -> None:
+    """Over NATS request/reply: status, a symbols change (hot reload), then stop ends the run normally."""
+    from marketprism.bus.publisher import connect
+    from marketprism.control import request
+
+    spec = CollectorSpec("bybit_linear", ("BTC-USDT",), (DataType.TRADE,))
+    run = asyncio.create_task(
+        run_collectors(
+            [spec],
+            nats_url=nats_server.url,
+            data_dir=tmp_path,
+            source="sim",
+            session_config=FAST,
+            sim_options={"symbols": ["BTC-USDT", "ETH-USDT"], "rate": 20.0},
+        )
+    )
+    nc = await connect(nats_server.url)
+    try:
+        status: dict = {}
+
+        async def poll_status() -> bool:
+            nonlocal status
+            try:
+                status = await request(nc, "bybit_linear", "status", timeout_s=0.5)
+            except Exception:
+                return False
+            return status["records"] > 5
+
+        for _ in range(100):
+            if await poll_status():
+                break
+            await asyncio.sleep(0.1)
+        assert status["symbols"] == ["BTC-USDT"] and status["connected"] == 1
+        reply = await request(nc, "bybit_linear", "symbols", {"symbols": ["BTC-USDT", "ETH-USDT"]})
+        assert reply == {"symbols": ["BTC-USDT", "ETH-USDT"]}
+        bad = await request(nc, "bybit_linear", "symbols", {"symbols": ["BTC-USDT"], "data_types": ["candles"]})
+        assert "candles" in bad["error"]
+        await asyncio.sleep(1.5)
+        assert await request(nc, "bybit_linear", "stop") == {"ok": True}
+        report = await asyncio.wait_for(run, 15)  # the run ends by itself once its collector stopped
+    finally:
+        await nc.close()
+    msgs = await _stored(nats_server.url, "md.trade.bybit.>")
+    assert {m.subject for m in msgs} == {"md.trade.bybit.perpetual.BTC-USDT", "md.trade.bybit.perpetual.ETH-USDT"}
+    assert report.publisher.dropped == 0
+
+
+async def _stored(url: str, subject: str) -> list:
+    from marketprism.bus.publisher import connect
+
+    nc = await connect(url)
+    try:
+        return await stream_messages(nc, subject)
+    finally:
+        await nc.close()
