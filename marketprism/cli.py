@@ -18,14 +18,15 @@ from rich.live import Live
 from rich.table import Table
 
 from marketprism.bus.codec import decode_subject
-from marketprism.bus.publisher import JetStreamPublisher
+from marketprism.config import ConfigError
+from marketprism.config_cli import config_app
 from marketprism.records import DataType
 from marketprism.runner import DEFAULT_SYMBOLS, CollectorSpec, RunReport, run_collectors
-from marketprism.stream.collector import Collector
 from marketprism.stream.session import SessionConfig
 from marketprism.venues import VENUES, get_venue
 
 app = typer.Typer(help="MarketPrism: exact crypto market data into NATS JetStream.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 console = Console()
 
 
@@ -54,41 +55,32 @@ def _logging(verbose: bool) -> None:
     )
 
 
-def _status_table(collectors: list[Collector], publisher: JetStreamPublisher, started: float) -> Table:
-    elapsed = max(time.monotonic() - started, 1e-9)
+def status_table(rows: dict[str, dict[str, Any]], venues: list[str], elapsed: float) -> Table:
+    """Per venue: connected, records, records/s, reconnects, parse errors, last error (control-plane status)."""
+    elapsed = max(elapsed, 1e-9)
     table = Table(title=f"MarketPrism collectors ({elapsed:.0f}s)")
     for col in ("venue", "conn", "records", "rec/s", "reconn", "errors"):
         table.add_column(col, no_wrap=True, justify="left" if col == "venue" else "right")
     table.add_column("last error", overflow="ellipsis")
-    for c in collectors:
-        st = c.stats
+    for venue in venues:
+        st = rows.get(venue)
+        if st is None:
+            table.add_row(venue, "-", "-", "-", "-", "-", "starting")
+            continue
         table.add_row(
-            st.venue, f"{st.connected}/{st.connections}", str(st.records), f"{st.records / elapsed:,.0f}",
-            str(st.reconnects), str(st.parse_errors), st.last_error[:60],
+            venue, f"{st['connected']}/{st['connections']}", f"{st['records']:,}", f"{st['records'] / elapsed:,.0f}",
+            str(st["reconnects"]), str(st["parse_errors"]), str(st["last_error"])[:60],
         )  # fmt: skip
-    p = publisher.stats
-    table.caption = (
-        f"bus: published {p.published:,}  duplicates {p.duplicates:,}  buffered {publisher.buffered:,}  "
-        f"dropped {p.dropped:,}"
-    )
     return table
 
 
-def _run(specs: list[CollectorSpec], show_table: bool, **kwargs: Any) -> RunReport:
+def _run(specs: list[CollectorSpec], **kwargs: Any) -> RunReport:
     async def main() -> RunReport:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        started = time.monotonic()
-        live = Live(console=console, auto_refresh=False) if show_table else None
-        with live or contextlib.nullcontext():
-
-            def tick(collectors: list[Collector], publisher: JetStreamPublisher) -> None:
-                if live is not None:
-                    live.update(_status_table(collectors, publisher, started), refresh=True)
-
-            return await run_collectors(specs, stop=stop, on_tick=tick, **kwargs)
+        return await run_collectors(specs, stop=stop, **kwargs)
 
     report = asyncio.run(main())
     console.print_json(data=_report_json(report))
@@ -141,7 +133,7 @@ def collect(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     spec = CollectorSpec(venue, tuple(_csv(symbols)), _data_types(types))
-    _run([spec], show_table=False, nats_url=nats_url, data_dir=data_dir, source=source, record=record,
+    _run([spec], nats_url=nats_url, data_dir=data_dir, source=source, record=record,
          duration_s=duration, session_config=SessionConfig(stall_timeout_s=stall_timeout))  # fmt: skip
 
 
@@ -149,22 +141,52 @@ def collect(
 def up(
     source: SourceOpt = "live",
     venues: Annotated[str, typer.Option(help="comma list of venues")] = ",".join(VENUES),
-    symbols: Annotated[str, typer.Option(help="comma list of symbols")] = ",".join(DEFAULT_SYMBOLS),
     duration: DurationOpt = None,
     nats_url: NatsOpt = None,
     data_dir: DataDirOpt = Path("data"),
+    metrics_port: Annotated[int, typer.Option(envvar="MARKETPRISM_METRICS_PORT", help="0 picks a free port")] = 0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run the platform: every venue's collector into JetStream, with a live status table."""
+    """Run the platform under Prefect: bus, Prefect server and UI, metrics, every deployment, a live status table.
+
+    Symbols and channels come from the venue blocks (`marketprism config show`); with `--source sim` the
+    simulator serves them.
+    """
+    from deployments.stack import StackOptions, StackStatus, run_stack
+
     _logging(verbose)
     _check_source(source)
-    specs = [CollectorSpec(v, tuple(_csv(symbols))) for v in _csv(venues)]
-    for s in specs:
+    names = _csv(venues)
+    for name in names:
         try:
-            get_venue(s.venue)
+            get_venue(name)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
-    _run(specs, show_table=True, nats_url=nats_url, data_dir=data_dir, source=source, duration_s=duration)
+    opts = StackOptions(source=source, venues=names, duration_s=duration, data_dir=data_dir, nats_url=nats_url,
+                        metrics_port=metrics_port)  # fmt: skip
+
+    async def main() -> Any:
+        stop = asyncio.Event()
+        with Live(console=console, auto_refresh=False) as live:
+
+            def show(status: StackStatus) -> None:
+                table = status_table(status.venues, names, time.monotonic() - status.started)
+                table.caption = f"Prefect UI {status.prefect_ui}   metrics {status.metrics_url}   bus {status.nats_url}"
+                live.update(table, refresh=True)
+
+            def ready(status: StackStatus) -> None:
+                health = status.metrics_url.removesuffix("/metrics") + "/health"
+                console.print(f"MarketPrism is up: Prefect UI {status.prefect_ui}  metrics {status.metrics_url}  "
+                              f"health {health}  bus {status.nats_url}")  # fmt: skip
+
+            return await run_stack(opts, stop, show, ready)
+
+    try:
+        report = asyncio.run(main())
+    except ConfigError as exc:
+        console.print(f"[red]invalid configuration[/red]: {exc}")
+        raise typer.Exit(2) from None
+    console.print_json(data={"flow_runs": report.flow_runs, "venues": report.status.venues})
 
 
 @app.command()

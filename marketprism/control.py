@@ -64,8 +64,10 @@ class CollectorControl:
 
     async def _status(self, msg: Msg) -> None:
         collector = self._collector(msg)
-        stats = asdict(collector.stats)
-        stats["records_by_type"] = {str(k): v for k, v in stats["records_by_type"].items()}  # StrEnum keys
+        current = collector.stats
+        stats = asdict(current)
+        # asdict() turns a Counter into a Counter of pairs; StrEnum keys would not serialise either
+        stats["records_by_type"] = {str(k): v for k, v in current.records_by_type.items()}
         await self._reply(msg, {**stats, "symbols": collector.symbols, "pid": os.getpid()})
 
     async def _symbols(self, msg: Msg) -> None:

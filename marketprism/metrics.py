@@ -1,22 +1,447 @@
-"""Prometheus metrics, named ``marketprism_<subsystem>_<name>_<unit>``.
+"""Prometheus metrics, one scrape endpoint per host, and the error counters of the taxonomy.
 
-Components also keep plain per-instance counters (``.stats``) so a caller can read its own numbers
-without scraping the process-wide registry.
+Naming: ``marketprism_<subsystem>_<name>_<unit>``, counters end in ``_total``. Subsystems: ``collector``
+(WebSocket sessions) and ``bus`` (the JetStream publisher); ``marketprism_errors_total`` is shared by every
+component (labels ``component``, ``kind``, ``code`` from ``marketprism.errors``). Labels are ``exchange``,
+``market``, ``data_type`` where meaningful, plus small closed sets (``code``, ``reason``, ``clock``); never
+``symbol`` (its cardinality is unbounded on per-record counters).
+
+Hot path: a session never touches Prometheus per frame. ``CollectorMetrics`` accumulates plain ints and
+pushes them at most once per ``flush_every_s`` (and when the session's watchdog ticks or it stops); the
+publisher syncs its counters once per publishing loop. A Prometheus update costs ~0.4 µs in-process and
+~0.7 µs in multiprocess mode (an mmap write under a lock), which per frame would rival parsing.
+
+Multiprocess mode (one endpoint covering every flow process of a host):
+  * Every process the platform starts gets ``PROMETHEUS_MULTIPROC_DIR`` (``data/metrics/``) in its
+    environment **before it starts**. prometheus_client picks its value store when it is first imported,
+    so the variable must be set before that; this module also switches the store itself if the variable
+    is set but prometheus_client was imported earlier (only metrics created afterwards are affected, which
+    includes all of ours when this module is imported after the variable is set). The directory is
+    created on import.
+  * Each process writes its values to ``<dir>/<type>_<pid>.db``; ``start_metrics_server`` (in one process
+    per host) merges them with ``MultiProcessCollector``: counters are summed over processes, dead ones
+    included (totals never go backwards when a flow run restarts), gauges use their ``multiprocess_mode``:
+    ``livesum`` for connections, buffered and in-flight (only live processes count; the files of dead
+    processes are removed at every scrape, and ``mark_process_dead(pid)`` does it at once), ``max`` for
+    last-frame/last-record timestamps (the newest over all processes, dead ones included, so a feed whose
+    collector died turns stale instead of vanishing).
+  * ``clear_multiproc_dir(path)`` gives a fresh start: call it once at platform start, before starting
+    the flow processes.
+  * Without the variable, the process's own default registry is served.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+import asyncio
+import contextlib
+import os
+import time
+from collections import Counter as _Tally
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-FRAMES = Counter("marketprism_collector_frames_total", "WebSocket frames received", ["venue"])
-FRAME_BYTES = Counter("marketprism_collector_frame_bytes_total", "WebSocket payload bytes received", ["venue"])
-PARSE_ERRORS = Counter("marketprism_collector_parse_errors_total", "Frames that failed to parse", ["venue"])
-RECORDS = Counter("marketprism_collector_records_total", "Records normalised", ["venue", "data_type"])
-RECONNECTS = Counter("marketprism_collector_reconnects_total", "WebSocket reconnects", ["venue", "reason"])
-CONNECTED = Gauge("marketprism_collector_connections", "Open WebSocket connections", ["venue"])
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, generate_latest, values
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import mark_process_dead as _mark_process_dead
 
+from marketprism import errors
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from marketprism.records import Record
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DEFAULT_PORT = 9400  # the platform's scrape port (deployments/prometheus/prometheus.yml); tests use port=0
+
+
+def multiproc_dir() -> Path | None:
+    """The multiprocess directory of this process (``PROMETHEUS_MULTIPROC_DIR``), or None."""
+    path = os.environ.get(MULTIPROC_ENV)
+    return Path(path) if path else None
+
+
+def _enable_multiprocess() -> None:
+    path = multiproc_dir()
+    if path is None:
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    if not getattr(values.ValueClass, "_multiprocess", False):  # prometheus_client was imported before the variable
+        values.ValueClass = values.MultiProcessValue()
+
+
+_enable_multiprocess()
+
+VENUE = ("exchange", "market")
+
+# --- collector -------------------------------------------------------------------------------------
+FRAMES = Counter("marketprism_collector_frames_total", "WebSocket frames received", VENUE)
+FRAME_BYTES = Counter(
+    "marketprism_collector_frame_bytes_total", "WebSocket payload received (characters of text frames)", VENUE
+)
+RECORDS = Counter(
+    "marketprism_collector_records_total", "Records handed to the bus, status records included", (*VENUE, "data_type")
+)
+PARSE_ERRORS = Counter(
+    "marketprism_collector_parse_errors_total", "Frames skipped because they could not be parsed", (*VENUE, "code")
+)
+RECONNECTS = Counter(
+    "marketprism_collector_reconnects_total",
+    "WebSocket connections replaced, by reason class: closed, stall, rotation",
+    (*VENUE, "reason"),
+)
+CONNECTED = Gauge(
+    "marketprism_collector_open_connections", "Open WebSocket connections", VENUE, multiprocess_mode="livesum"
+)
+LAST_FRAME = Gauge(
+    "marketprism_collector_last_frame_timestamp_seconds",
+    "Local time the newest WebSocket frame was received",
+    VENUE,
+    multiprocess_mode="max",
+)
+LAST_RECORD = Gauge(
+    "marketprism_collector_last_record_timestamp_seconds",
+    "Newest record per data type: clock=exchange is the venue's event time, clock=receive the local receive time",
+    (*VENUE, "data_type", "clock"),
+    multiprocess_mode="max",
+)
+
+# --- bus -------------------------------------------------------------------------------------------
 PUBLISHED = Counter("marketprism_bus_published_total", "Records acknowledged by JetStream", ["data_type"])
 DUPLICATES = Counter("marketprism_bus_duplicates_total", "Publishes JetStream acknowledged as duplicates")
-DROPPED = Counter("marketprism_bus_dropped_total", "Records dropped before JetStream acknowledged them", ["reason"])
+DROPPED = Counter(
+    "marketprism_bus_dropped_total",
+    "Records lost before JetStream acknowledged them: buffer_full, closing, shutdown",
+    ["reason"],
+)
 RETRIES = Counter("marketprism_bus_publish_retries_total", "Publishes retried after a failure or ack timeout")
-BUFFERED = Gauge("marketprism_bus_buffered_records", "Records waiting in the publish buffer")
+BUFFERED = Gauge(
+    "marketprism_bus_buffered_records", "Records waiting in the publish buffer", multiprocess_mode="livesum"
+)
+IN_FLIGHT = Gauge(
+    "marketprism_bus_in_flight_records", "Publishes sent and waiting for their ack", multiprocess_mode="livesum"
+)
+
+# --- every component -------------------------------------------------------------------------------
+ERRORS = Counter(
+    "marketprism_errors_total",
+    "Failures by component, taxonomy kind (retryable, bad_data, fatal) and code (see marketprism.errors)",
+    ("component", "kind", "code"),
+)
+
+# Computed by the scrape endpoint from the aggregated timestamps at scrape time (no process stores them).
+LAST_FRAME_AGE = "marketprism_collector_last_frame_age_seconds"
+LAST_RECORD_AGE = "marketprism_collector_last_record_age_seconds"
+
+ALL: tuple[Counter | Gauge, ...] = (
+    FRAMES, FRAME_BYTES, RECORDS, PARSE_ERRORS, RECONNECTS, CONNECTED, LAST_FRAME, LAST_RECORD,
+    PUBLISHED, DUPLICATES, DROPPED, RETRIES, BUFFERED, IN_FLIGHT, ERRORS,
+)  # fmt: skip
+
+
+def exported_names() -> set[str]:
+    """Every sample name the endpoint can serve for our metrics (what dashboards and alerts may reference)."""
+    names = {LAST_FRAME_AGE, LAST_RECORD_AGE}
+    for metric in ALL:
+        for family in metric.describe():
+            names.add(f"{family.name}_total" if family.type == "counter" else family.name)
+    return names
+
+
+def count_error(component: str, error: BaseException | errors.ErrorInfo, n: int = 1) -> errors.ErrorInfo:
+    """Classify ``error`` (unless already classified), count it under ``component`` and return the result."""
+    info = error if isinstance(error, errors.ErrorInfo) else errors.classify(error)
+    if info.code is not errors.Code.CANCELLED and n:
+        ERRORS.labels(component, info.kind.value, info.code.value).inc(n)
+    return info
+
+
+# --- per-component helpers ---------------------------------------------------------------------------
+_RECONNECT_CODES = {"closed": errors.Code.WS_CLOSED, "stall": errors.Code.WS_STALL}
+
+
+class CollectorMetrics:
+    """One session's metrics: plain ints on the hot path, pushed to Prometheus by ``flush()``.
+
+    ``frame()`` flushes when ``flush_every_s`` has passed since the last flush (the check reuses the
+    frame's receive time, so it costs one comparison); the session also flushes from its watchdog and when
+    it stops, so nothing lingers when frames stop.
+    """
+
+    component = "collector"
+
+    def __init__(self, exchange: str, market: str, data_types: Iterable[str] = (), flush_every_s: float = 1.0):
+        self.exchange, self.market = str(exchange), str(market)
+        self._flush_every_us = int(flush_every_s * 1e6)
+        self._flush_at_us = 0
+        self._frames = self._bytes = 0
+        self._last_frame_us = 0
+        self._flushed_frame_us = 0
+        self._counts: defaultdict[str, int] = defaultdict(int)
+        self._newest: dict[str, Record] = {}
+        self._parse_errors: _Tally[errors.Code] = _Tally()
+        self._m_frames = FRAMES.labels(self.exchange, self.market)
+        self._m_bytes = FRAME_BYTES.labels(self.exchange, self.market)
+        self._m_last_frame = LAST_FRAME.labels(self.exchange, self.market)
+        self._m_records: dict[str, Any] = {}
+        self._m_last: dict[str, tuple[Any, Any]] = {}
+        for dt in data_types:
+            self._children(str(dt))
+        self.connections = CONNECTED.labels(self.exchange, self.market)
+
+    def _children(self, data_type: str) -> Any:
+        child = self._m_records.get(data_type)
+        if child is None:
+            child = self._m_records[data_type] = RECORDS.labels(self.exchange, self.market, data_type)
+        return child
+
+    # hot path ------------------------------------------------------------------------------------
+    def frame(self, size: int, recv_ts_us: int) -> None:
+        self._frames += 1
+        self._bytes += size
+        self._last_frame_us = recv_ts_us
+        if recv_ts_us >= self._flush_at_us:
+            self.flush()
+
+    def records(self, records: Iterable[Record]) -> None:
+        counts, newest = self._counts, self._newest
+        for record in records:
+            dt = record.data_type
+            counts[dt] += 1
+            newest[dt] = record
+
+    def count(self, data_type: str, n: int = 1) -> None:
+        """Records counted without a freshness timestamp (status records)."""
+        self._counts[data_type] += n
+
+    # rare events ---------------------------------------------------------------------------------
+    def parse_error(self, exc: BaseException) -> errors.ErrorInfo:
+        info = errors.classify_parse_error(exc)
+        self._parse_errors[info.code] += 1
+        return info
+
+    def reconnect(self, reason_class: str) -> None:
+        """A connection was replaced: ``rotation`` (planned), ``closed`` or ``stall`` (errors, counted too)."""
+        code = _RECONNECT_CODES.get(reason_class)
+        if reason_class != "rotation" and code is None:
+            reason_class, code = "closed", errors.Code.WS_CLOSED
+        RECONNECTS.labels(self.exchange, self.market, reason_class).inc()
+        if code is not None:
+            count_error(self.component, errors.ErrorInfo.of(code))
+
+    def error(self, exc: BaseException) -> errors.ErrorInfo:
+        return count_error(self.component, exc)
+
+    def flush(self) -> None:
+        self._flush_at_us = self._last_frame_us + self._flush_every_us
+        if self._frames:
+            self._m_frames.inc(self._frames)
+            self._m_bytes.inc(self._bytes)
+            self._frames = self._bytes = 0
+        if self._last_frame_us != self._flushed_frame_us:
+            self._m_last_frame.set(self._last_frame_us / 1e6)
+            self._flushed_frame_us = self._last_frame_us
+        if self._counts:
+            for dt, n in self._counts.items():
+                if n:
+                    self._children(dt).inc(n)
+            self._counts.clear()
+        if self._newest:
+            for dt, record in self._newest.items():
+                gauges = self._m_last.get(dt)
+                if gauges is None:
+                    gauges = self._m_last[dt] = (
+                        LAST_RECORD.labels(self.exchange, self.market, dt, "exchange"),
+                        LAST_RECORD.labels(self.exchange, self.market, dt, "receive"),
+                    )
+                gauges[0].set(record.ts / 1e6)
+                gauges[1].set(record.recv_ts / 1e6)
+            self._newest.clear()
+        if self._parse_errors:
+            for code, n in self._parse_errors.items():
+                PARSE_ERRORS.labels(self.exchange, self.market, code.value).inc(n)
+                count_error(self.component, errors.ErrorInfo.of(code), n)
+            self._parse_errors.clear()
+
+
+_DROP_CODES = {"buffer_full": errors.Code.BUFFER_FULL}
+
+
+class PublisherMetrics:
+    """The publisher's metrics, synced from its stats once per publishing loop."""
+
+    component = "bus"
+
+    def __init__(self) -> None:
+        self._duplicates_synced = 0
+        self._dropped: _Tally[str] = _Tally()
+
+    def drop(self, reason: str, n: int) -> None:
+        """Buffer-full drops happen per record under overload: they wait for ``sync``; others count at once."""
+        self._dropped[reason] += n
+        if reason != "buffer_full":
+            self._sync_drops()
+
+    def error(self, exc: BaseException) -> errors.ErrorInfo:
+        return count_error(self.component, exc)
+
+    def _sync_drops(self) -> None:
+        for reason, n in self._dropped.items():
+            if n:
+                DROPPED.labels(reason).inc(n)
+                code = _DROP_CODES.get(reason, errors.Code.DROPPED_AT_STOP)
+                count_error(self.component, errors.ErrorInfo.of(code), n)
+        self._dropped.clear()
+
+    def sync(self, published_by_type: Mapping[str, int], duplicates: int, buffered: int, in_flight: int) -> None:
+        for data_type, n in published_by_type.items():
+            if n:
+                PUBLISHED.labels(data_type).inc(n)
+        if duplicates > self._duplicates_synced:
+            DUPLICATES.inc(duplicates - self._duplicates_synced)
+            self._duplicates_synced = duplicates
+        if self._dropped:
+            self._sync_drops()
+        BUFFERED.set(buffered)
+        IN_FLIGHT.set(in_flight)
+
+
+# --- multiprocess directory ----------------------------------------------------------------------------
+def clear_multiproc_dir(path: str | Path) -> Path:
+    """Create ``path`` and delete the metric files of earlier processes (a fresh start).
+
+    The calling process's own files are kept: they are memory-mapped, and deleting them would make its
+    metrics invisible. Call this before starting the processes that share the directory.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    own = f"_{os.getpid()}.db"
+    for f in path.glob("*.db"):
+        if not f.name.endswith(own):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+    return path
+
+
+def mark_process_dead(pid: int, path: str | Path | None = None) -> None:
+    """Forget a finished process's ``live*`` gauges (connections, buffered); its counters keep counting."""
+    directory = path if path is not None else multiproc_dir()
+    if directory is not None:
+        _mark_process_dead(pid, str(directory))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prune_dead_processes(path: str | Path) -> list[int]:
+    """``mark_process_dead`` for every process with ``live*`` gauge files that no longer runs."""
+    dead = set()
+    for f in Path(path).glob("gauge_live*_*.db"):
+        tail = f.stem.rsplit("_", 1)[-1]
+        if tail.isdigit() and not _pid_alive(int(tail)):
+            dead.add(int(tail))
+    for pid in dead:
+        mark_process_dead(pid, path)
+    return sorted(dead)
+
+
+# --- aggregation and the scrape endpoint ------------------------------------------------------------------
+def collect_families(path: str | Path | None = None) -> list[Metric]:
+    """Every metric family of this host: merged from ``path`` (multiprocess) or this process's registry."""
+    directory = Path(path) if path is not None else multiproc_dir()
+    if directory is None:
+        return list(REGISTRY.collect())
+    directory.mkdir(parents=True, exist_ok=True)
+    prune_dead_processes(directory)
+    return list(MultiProcessCollector(None, path=str(directory)).collect())
+
+
+def derived_families(families: Iterable[Metric], now: float | None = None) -> list[Metric]:
+    """Ages computed at scrape time from the newest-frame and newest-record timestamps."""
+    now = time.time() if now is None else now
+    frame_age = GaugeMetricFamily(LAST_FRAME_AGE, "Seconds since the newest WebSocket frame was received", labels=VENUE)
+    record_age = GaugeMetricFamily(
+        LAST_RECORD_AGE, "Seconds since the newest record per data type was received", labels=(*VENUE, "data_type")
+    )
+    for family in families:
+        if family.name == LAST_FRAME._name:
+            for s in family.samples:
+                if s.value > 0:
+                    frame_age.add_metric([s.labels["exchange"], s.labels["market"]], max(0.0, now - s.value))
+        elif family.name == LAST_RECORD._name:
+            for s in family.samples:
+                if s.labels.get("clock") == "receive" and s.value > 0:
+                    labels = [s.labels["exchange"], s.labels["market"], s.labels["data_type"]]
+                    record_age.add_metric(labels, max(0.0, now - s.value))
+    return [frame_age, record_age]
+
+
+class HostCollector:
+    """A registry collector serving the host's aggregated metrics plus the derived ages."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = path
+
+    def collect(self) -> Iterator[Metric]:
+        families = collect_families(self.path)
+        yield from families
+        yield from derived_families(families)
+
+
+def host_registry(path: str | Path | None = None) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HostCollector(path))
+    return registry
+
+
+async def start_metrics_server(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    multiproc_dir: str | Path | None = None,
+    thresholds: Mapping[str, float] | None = None,
+    expected: Iterable[tuple[str, str, str]] | None = None,
+) -> tuple[web.AppRunner, int]:
+    """Serve ``/metrics`` (Prometheus text format) and ``/health`` (freshness JSON) on ``host:port``.
+
+    ``multiproc_dir`` defaults to ``PROMETHEUS_MULTIPROC_DIR``; without either, this process's registry is
+    served. ``thresholds`` and ``expected`` configure ``/health`` (see ``marketprism.health``). Returns the
+    aiohttp runner (``await runner.cleanup()`` stops it) and the bound port (useful with ``port=0``).
+    """
+    from aiohttp import web
+
+    from marketprism import health
+
+    registry = host_registry(multiproc_dir)
+    expected_keys = list(expected) if expected is not None else None
+
+    async def metrics_handler(request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(generate_latest, registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def health_handler(request: web.Request) -> web.Response:
+        report = await asyncio.to_thread(health.check, multiproc_dir, thresholds=thresholds, expected=expected_keys)
+        return web.json_response(report, status=health.http_status(report))
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/health", health_handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    return runner, int(bound)

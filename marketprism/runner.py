@@ -58,20 +58,25 @@ class Bus:
 
 @contextlib.asynccontextmanager
 async def open_bus(
-    nats_url: str | None, data_dir: Path, stream: MarketDataStream | None = None, **publisher_options: Any
+    nats_url: str | list[str] | None,
+    data_dir: Path,
+    stream: MarketDataStream | None = None,
+    nats_options: dict[str, Any] | None = None,
+    **publisher_options: Any,
 ) -> AsyncIterator[Bus]:
+    """Connect to ``nats_url`` (with ``nats_options`` such as credentials), or start an embedded nats-server."""
     server = None
     if not nats_url:
         server = LocalNatsServer(data_dir / "nats").start()
         nats_url = server.url
         log.info("started embedded nats-server at %s (JetStream store %s)", nats_url, server.store_dir)
     try:
-        nc = await connect(nats_url)
+        nc = await connect(nats_url, **(nats_options or {}))
         try:
             await ensure_stream(nc.jetstream(), stream or MarketDataStream())
             publisher = JetStreamPublisher(nc, **publisher_options).start()
             try:
-                yield Bus(nats_url, nc, publisher, server)
+                yield Bus(nats_url if isinstance(nats_url, str) else ",".join(nats_url), nc, publisher, server)
             finally:
                 await publisher.close()
         finally:
@@ -96,7 +101,8 @@ async def open_sim(specs: Sequence[CollectorSpec], **sim_options: Any) -> AsyncI
 async def run_collectors(
     specs: Sequence[CollectorSpec],
     *,
-    nats_url: str | None = None,
+    nats_url: str | list[str] | None = None,
+    nats_options: dict[str, Any] | None = None,
     data_dir: Path = Path("data"),
     source: str = "live",
     record: Path | None = None,
@@ -122,7 +128,7 @@ async def run_collectors(
     report = RunReport()
     started = time.monotonic()
     async with contextlib.AsyncExitStack() as stack:
-        bus = await stack.enter_async_context(open_bus(nats_url, data_dir, stream))
+        bus = await stack.enter_async_context(open_bus(nats_url, data_dir, stream, nats_options))
         report.nats_url = bus.url
         bases = dict(ws_bases or {})
         if source == "sim":

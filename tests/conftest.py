@@ -29,3 +29,16 @@ async def nats_client(nats_server: LocalNatsServer) -> AsyncIterator[object]:
         yield nc
     finally:
         await nc.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """One real Prefect server (the test harness, ~10 s to start) for the whole session; yields its API URL."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield str(PREFECT_API_URL.value())

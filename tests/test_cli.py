@@ -1,4 +1,4 @@
-"""The CLI as a user runs it: `up --source sim`, `collect`, `tail`, and clear errors on bad input."""
+"""The CLI as a user runs it: `collect`, `tail`, and clear errors on bad input (`up`: tests/test_up.py)."""
 
 from __future__ import annotations
 
@@ -20,20 +20,6 @@ runner = CliRunner()
 def last_json(output: str) -> dict:
     start = output.rindex("\n{") + 1 if "\n{" in output else output.index("{")
     return json.loads(output[start:])
-
-
-def test_up_with_sim_shows_records_flowing(tmp_path: Path) -> None:
-    result = runner.invoke(
-        app, ["up", "--source", "sim", "--duration", "4", "--venues", "binance_spot,okx_swap,bybit_linear",
-              "--data-dir", str(tmp_path)],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert "MarketPrism collectors" in result.output  # the live status table
-    report = last_json(result.output)
-    assert report["published"] > 100 and report["dropped"] == 0
-    assert set(report["venues"]) == {"binance_spot", "okx_swap", "bybit_linear"}
-    assert all(v["records"] > 0 and v["parse_errors"] == 0 for v in report["venues"].values())
-    assert (tmp_path / "nats" / "jetstream").is_dir()  # the embedded nats-server stored under data/
 
 
 def test_collect_records_a_capture_and_tail_decodes_the_bus(tmp_path: Path, nats_server: LocalNatsServer) -> None:

@@ -613,3 +613,21 @@ def test_malformed_levels_are_kept_raw_and_rejected_when_decoded(venue, case, fr
     else:
         with pytest.raises(ValueError, match="malformed depth level"):
             depth.bid_levels() + depth.ask_levels()
+
+
+@pytest.mark.parametrize(
+    ("venue", "frame"),
+    [
+        ("binance_spot", '{"error":{"code":2,"msg":"Invalid request"},"id":1}'),
+        ("okx_spot", '{"event":"error","code":"60012","msg":"Invalid request"}'),
+        ("bybit_linear", '{"success":false,"ret_msg":"error:handler not found","op":"subscribe"}'),
+    ],
+)
+def test_venue_error_replies_carry_their_own_error_code(venue, frame):
+    """An operator must tell "the venue refused us" from "the venue sent garbage" (errors taxonomy)."""
+    with pytest.raises(ParseError) as info:
+        VENUES[venue].new_parser().parse(frame, RECV_TS)
+    assert info.value.code == "PARSE_VENUE_ERROR"
+    with pytest.raises(ParseError) as info:
+        VENUES[venue].new_parser().parse(frame[:-2], RECV_TS)
+    assert info.value.code == "PARSE_MALFORMED"

@@ -23,6 +23,7 @@ from nats.aio.subscription import Subscription
 
 from marketprism import metrics
 from marketprism.bus.codec import encode
+from marketprism.errors import AckTimeout, NatsUnavailable, PublishRejected
 from marketprism.records import Record
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class JetStreamPublisher:
         self._refill_at = max_in_flight // 2
         self._check_every_s = min(0.25, ack_timeout_s / 4)
         self._published_by_type: Counter[str] = Counter()
-        self._duplicates_synced = 0
+        self._m = metrics.PublisherMetrics()
         self.buffer_size = buffer_size
         self.max_in_flight = max_in_flight
         self.ack_timeout_s = ack_timeout_s
@@ -124,7 +125,7 @@ class JetStreamPublisher:
     def _drop(self, reason: str, n: int) -> None:
         self.stats.dropped += n
         self.stats.dropped_by_reason[reason] = self.stats.dropped_by_reason.get(reason, 0) + n
-        metrics.DROPPED.labels(reason).inc(n)
+        self._m.drop(reason, n)  # counted as BUFFER_FULL / DROPPED_AT_STOP errors too
         self._drops_since_log += n
         now = time.monotonic()
         if now - self._last_drop_log >= self.drop_log_every_s:
@@ -174,7 +175,7 @@ class JetStreamPublisher:
         if room <= 0 or not buffer:
             return
         if not nc.is_connected:
-            self._note_error(ConnectionError("NATS not connected"))
+            self._note_error(NatsUnavailable("NATS not connected"))
             return
         now = time.monotonic()
         pending = nc._pending  # nats-py's write buffer, flushed by its flusher task
@@ -203,7 +204,7 @@ class JetStreamPublisher:
             expired.append(token)
         if not expired:
             return []
-        self._note_error(TimeoutError(f"{len(expired)} ack(s) not received within {self.ack_timeout_s}s"))
+        self._note_error(AckTimeout(f"{len(expired)} ack(s) not received within {self.ack_timeout_s}s"))
         return [outstanding.pop(t) for t in expired]
 
     async def _ensure_inbox(self) -> None:
@@ -220,7 +221,7 @@ class JetStreamPublisher:
             if not data or b'"error"' in data:
                 # A 503 no-responders status (stream missing) has an empty body.
                 err = orjson.loads(data).get("error") if data else {"description": "no responders"}
-                self._note_error(RuntimeError(f"JetStream rejected publish: {err}"))
+                self._note_error(PublishRejected(f"JetStream rejected publish: {err}"))
                 self._nacked.append(item)
             else:
                 self.stats.published += 1
@@ -232,15 +233,11 @@ class JetStreamPublisher:
 
     def _sync_metrics(self) -> None:
         """Prometheus counters take a lock per call: they are advanced once per loop, not once per ack."""
-        for data_type, n in self._published_by_type.items():
-            if n:
-                metrics.PUBLISHED.labels(data_type).inc(n)
+        self._m.sync(self._published_by_type, self.stats.duplicates, len(self._buffer), len(self._outstanding))
         self._published_by_type.clear()
-        metrics.DUPLICATES.inc(self.stats.duplicates - self._duplicates_synced)
-        self._duplicates_synced = self.stats.duplicates
-        metrics.BUFFERED.set(len(self._buffer))
 
     def _note_error(self, exc: BaseException) -> None:
+        self._m.error(exc)  # retryable: NATS_UNAVAILABLE, ACK_TIMEOUT or PUBLISH_REJECTED
         text = f"{type(exc).__name__}: {exc}"
         if text != self.stats.last_error:
             log.warning("JetStream publish failed, will retry: %s", text)

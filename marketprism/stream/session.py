@@ -120,12 +120,8 @@ class WsSession:
         self._retiring: set[asyncio.Task[None]] = set()
         self._request_id = 1
         self._last_parse_log = 0.0
-        self._m_frames = metrics.FRAMES.labels(venue.name)
-        self._m_bytes = metrics.FRAME_BYTES.labels(venue.name)
-        self._m_errors = metrics.PARSE_ERRORS.labels(venue.name)
-        self._m_records = {
-            dt: metrics.RECORDS.labels(venue.name, dt.value) for dt in (*venue.channels, Status.data_type)
-        }
+        # Prometheus children cached once; per-frame counts are plain ints flushed about once a second.
+        self._m = metrics.CollectorMetrics(venue.exchange, venue.market, (*venue.channels, Status.data_type))
         self._max_age = self.config.max_connection_age_s or venue.limits.max_connection_age_s
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -140,6 +136,9 @@ class WsSession:
                 conn = await self._open()
             except Exception as exc:
                 self._failed(f"connect failed: {type(exc).__name__}: {exc}")
+                if self._m.error(exc).fatal:  # e.g. an invalid URL: retrying cannot help
+                    self._m.flush()
+                    raise
                 if rotating is not None and rotating[1].done():  # the old socket ended first: a real gap
                     self._emit_status(rotating[0], "disconnected", rotating[1].result())
                     rotating = None
@@ -158,14 +157,14 @@ class WsSession:
             reason, pump = await self._serve(conn)
             if reason == "rotate":
                 self.stats.rotations += 1
-                metrics.RECONNECTS.labels(self.venue.name, "rotation").inc()
+                self._m.reconnect("rotation")
                 rotating = (conn, pump)
                 continue
             self._conn = None
             if self._stop.is_set():
                 break
             self._failed(reason)
-            metrics.RECONNECTS.labels(self.venue.name, reason.split(":")[0]).inc()
+            self._m.reconnect(reason.split(":")[0])  # closed | stall: counted as WS_CLOSED | WS_STALL errors
             self._emit_status(conn, "disconnected", reason)
             # The first retry after a drop comes quickly; repeated connect failures back off further.
             attempt = 1
@@ -174,6 +173,7 @@ class WsSession:
             self._retire_later(*rotating)
         self.stats.connected = False
         await asyncio.gather(*self._retiring, return_exceptions=True)
+        self._m.flush()
 
     async def _serve(self, conn: _Connection) -> tuple[str, asyncio.Task[str]]:
         """Pump frames until the socket ends, the session stops, or rotation is due (socket left open)."""
@@ -215,7 +215,7 @@ class WsSession:
         conn = _Connection(ws, self.venue.new_parser(self._symbols), self._label)
         self.stats.connects += 1
         self.stats.connected = True
-        metrics.CONNECTED.labels(self.venue.name).inc()
+        self._m.connections.inc()
         # No await between taking the snapshot and publishing the connection: a concurrent add() either lands in
         # the snapshot or sees self._conn and subscribes its streams itself.
         subscriptions = list(self.subscriptions)
@@ -274,7 +274,7 @@ class WsSession:
     async def _close(self, conn: _Connection) -> None:
         with contextlib.suppress(Exception):
             await conn.ws.close()
-        metrics.CONNECTED.labels(self.venue.name).dec()
+        self._m.connections.dec()
 
     # --- reading -----------------------------------------------------------------------------------
     async def _pump(self, conn: _Connection) -> str:
@@ -298,15 +298,14 @@ class WsSession:
         conn.last_frame_at = now
         self.stats.last_frame_at = now
         self.stats.frames += 1
-        self._m_frames.inc()
-        self._m_bytes.inc(len(frame))
+        self._m.frame(len(frame), recv_ts)
         if self.capture is not None:
             self.capture.write(recv_ts, "ws", self.url, frame)
         try:
             records = conn.parser.parse(frame, recv_ts)
         except Exception as exc:  # ParseError is expected; anything else is a parser bug, which must not kill us
             self.stats.parse_errors += 1
-            self._m_errors.inc()
+            self._m.parse_error(exc)  # bad_data: PARSE_MALFORMED, PARSE_VENUE_ERROR or PARSE_BUG
             if now - self._last_parse_log >= self.config.parse_error_log_every_s:
                 log.warning("%s skipped a frame (%d so far): %s", conn.id, self.stats.parse_errors, exc,
                             exc_info=not isinstance(exc, ParseError))  # fmt: skip
@@ -315,7 +314,7 @@ class WsSession:
         for record in records:
             self.sink(record)
             self.stats.records_by_type[record.data_type] += 1
-            self._m_records[record.data_type].inc()
+        self._m.records(records)
         self.stats.records += len(records)
 
     async def _watchdog(self, conn: _Connection) -> None:
@@ -323,6 +322,7 @@ class WsSession:
         period = min(1.0, self.config.stall_timeout_s / 4)
         while True:
             await asyncio.sleep(period)
+            self._m.flush()  # what the last frames counted reaches Prometheus even if no frame follows
             silent = time.monotonic() - conn.last_frame_at
             if silent > self.config.stall_timeout_s:
                 conn.stalled = True
@@ -361,4 +361,4 @@ class WsSession:
             )  # fmt: skip
             self.stats.records += 1
             self.stats.records_by_type[Status.data_type] += 1
-            self._m_records[Status.data_type].inc()
+            self._m.count(Status.data_type)

@@ -10,16 +10,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from marketprism.errors import BadDataError, Code
 from marketprism.records import DataType, Exchange, Market, Record, split_dashed, symbol_of
 
 
-class ParseError(ValueError):
-    """A frame that could not be turned into records. The session counts it and carries on."""
+class ParseError(BadDataError):
+    """A frame that could not be turned into records. The session counts it and carries on.
 
-    def __init__(self, venue: str, reason: str, frame: str | bytes):
+    ``code``: ``PARSE_MALFORMED`` (default) or ``PARSE_VENUE_ERROR`` for a venue's error reply.
+    """
+
+    def __init__(self, venue: str, reason: str, frame: str | bytes, code: Code | str = Code.PARSE_MALFORMED):
         text = frame.decode("utf-8", "replace") if isinstance(frame, bytes | bytearray) else str(frame)
         snippet = text if len(text) <= 160 else text[:157] + "..."
-        super().__init__(f"{venue}: {reason}: {snippet!r}")
+        super().__init__(f"{venue}: {reason}: {snippet!r}", code=code)
         self.venue = venue
         self.reason = reason
 

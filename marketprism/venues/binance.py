@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from marketprism.errors import Code
 from marketprism.records import (
     DataType,
     Depth,
@@ -193,7 +194,7 @@ class BinanceParser:
                 raise ParseError(self.venue_name, f"bad {env.stream} frame ({exc})", frame) from None
         if env.code is not None or env.error is not None:
             code, msg = (env.error.get("code"), env.error.get("msg")) if env.error else (env.code, env.msg)
-            raise ParseError(self.venue_name, f"error reply code {code}: {msg}", frame)
+            raise ParseError(self.venue_name, f"error reply code {code}: {msg}", frame, code=Code.PARSE_VENUE_ERROR)
         if env.id is not None:
             return []  # reply to SUBSCRIBE / UNSUBSCRIBE
         raise ParseError(self.venue_name, "frame has neither stream/data nor id", frame)

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import msgspec
 import orjson
 
+from marketprism.errors import Code
 from marketprism.records import (
     DataType,
     Depth,
@@ -101,7 +102,7 @@ class BybitParser:
         if f.topic is None:
             if f.op is not None:
                 if f.success is False:
-                    raise ParseError(self.venue_name, f"{f.op} failed: {f.ret_msg}", frame)
+                    raise ParseError(self.venue_name, f"{f.op} failed: {f.ret_msg}", frame, code=Code.PARSE_VENUE_ERROR)
                 return []  # subscribe replies and pongs
             raise ParseError(self.venue_name, "frame has neither topic nor op", frame)
         if not f.data or f.ts is None:

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from marketprism.errors import Code
 from marketprism.records import (
     DataType,
     Depth,
@@ -179,7 +180,9 @@ class OkxParser:
             raise ParseError(self.venue_name, f"not an OKX frame ({exc})", frame) from None
         if f.event is not None:
             if f.event == "error":
-                raise ParseError(self.venue_name, f"error event code {f.code}: {f.msg}", frame)
+                raise ParseError(
+                    self.venue_name, f"error event code {f.code}: {f.msg}", frame, code=Code.PARSE_VENUE_ERROR
+                )
             return []  # subscribe / unsubscribe acks, channel-conn-count notices
         if f.arg is None or not f.data:
             raise ParseError(self.venue_name, "frame has neither event nor arg/data", frame)

@@ -1,0 +1,55 @@
+"""The deployments, defined once for ``prefect.serve()``/``marketprism up`` (``prefect.yaml`` mirrors them).
+
+Long-running collectors restart themselves: an interval schedule keeps proposing a run, and a concurrency
+limit of 1 with ``CANCEL_NEW`` cancels every proposal while one runs. So a crashed collector is back within
+one interval, and a healthy one is never doubled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+from flows.collector import collector
+from marketprism.venues import VENUES
+
+RESTART_INTERVAL_S = 60
+ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+
+
+def collector_deployment_name(venue: str) -> str:
+    return f"collector-{venue.replace('_', '-')}"
+
+
+def collector_deployment_args(
+    venues: list[str] | None = None,
+    source: str = "live",
+    nats_url: str | None = None,
+    ws_bases: dict[str, str] | None = None,
+    interval_s: float = RESTART_INTERVAL_S,
+) -> list[dict[str, Any]]:
+    """Arguments of ``collector.to_deployment`` for one long-running collector deployment per venue."""
+    out = []
+    for venue in venues or list(VENUES):
+        params: dict[str, Any] = {"venue": venue, "source": "live" if ws_bases else source}
+        if nats_url:
+            params["nats_url"] = nats_url
+        if ws_bases and venue in ws_bases:
+            params["ws_base"] = ws_bases[venue]
+        out.append(
+            {
+                "name": collector_deployment_name(venue),
+                "parameters": params,
+                "interval": interval_s,
+                "concurrency_limit": ONE_AT_A_TIME,
+                "tags": ["marketprism", "long-running", "collector"],
+                "description": f"Streams {venue} into JetStream; restarts itself within {interval_s:.0f}s.",
+            }
+        )
+    return out
+
+
+def collector_deployments(**kwargs: Any) -> list[Any]:
+    """The deployments themselves (sync callers, e.g. ``prefect.serve``); async callers use ``ato_deployment``."""
+    return [collector.to_deployment(**args) for args in collector_deployment_args(**kwargs)]

@@ -1,0 +1,243 @@
+"""``marketprism up``: the whole platform on loopback, run by Prefect.
+
+Start order: nats-server (embedded unless a URL is configured) -> Prefect server with its UI (unless
+``PREFECT_API_URL`` points at one) -> metrics endpoint -> simulator (``--source sim``) -> default blocks and the
+zombie automation -> a Prefect runner serving every deployment -> one run of each long-running deployment.
+Stop order (Ctrl-C, SIGTERM or ``--duration``): pause the schedules, ask every collector to stop over the
+control plane (each flushes and its run ends Completed), cancel whatever is still running, stop the runner,
+then the simulator, the metrics endpoint, the Prefect server and the bus. No flow run is left Running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from marketprism.bus.publisher import connect
+from marketprism.bus.server import LocalNatsServer, free_port
+from marketprism.control import request
+from marketprism.venues import VENUES
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = {"COMPLETED", "CANCELLED", "FAILED", "CRASHED"}
+
+
+@dataclass
+class StackOptions:
+    source: str = "live"
+    venues: list[str] = field(default_factory=lambda: list(VENUES))
+    duration_s: float | None = None
+    data_dir: Path = Path("data")
+    nats_url: str | None = None
+    metrics_port: int = 0  # 0: a free port
+    sim_symbols: list[str] = field(default_factory=list)  # served besides the venue blocks' symbols
+    sim_rate: float = 10.0
+
+
+@dataclass
+class StackStatus:
+    prefect_ui: str = ""
+    metrics_url: str = ""
+    nats_url: str = ""
+    venues: dict[str, dict[str, Any]] = field(default_factory=dict)  # venue -> control-plane status
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class StackReport:
+    flow_runs: dict[str, str] = field(default_factory=dict)  # flow run name -> final state
+    status: StackStatus = field(default_factory=StackStatus)
+
+
+def wait_http(url: str, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not answer {url} within {timeout_s:.0f}s")
+
+
+@contextlib.contextmanager
+def child(cmd: list[str], env: dict[str, str], log_path: Path, what: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process, logged to a file, terminated (then killed) on exit."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in 20 s; killing it", what)
+                proc.kill()
+                proc.wait()
+
+
+def prefect_server(data_dir: Path, env: dict[str, str]) -> tuple[str, contextlib.AbstractContextManager[Any]]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    server_env = {**env, "PREFECT_HOME": str((data_dir / "prefect").resolve()),
+                  "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
+    return f"http://127.0.0.1:{port}/api", child(cmd, server_env, data_dir / "logs" / "prefect-server.log", "prefect")
+
+
+async def run_stack(
+    opts: StackOptions,
+    stop: asyncio.Event,
+    on_status: Callable[[StackStatus], None],
+    on_ready: Callable[[StackStatus], None] = lambda status: None,
+) -> StackReport:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from blocks.platform import aload_platform_config, save_defaults
+    from marketprism.metrics import start_metrics_server
+
+    data_dir = opts.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    status = StackStatus()
+    metrics_dir = data_dir / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    # Every process started from here (flow runs included) writes its metrics where one endpoint reads them all.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    async with contextlib.AsyncExitStack() as stack:
+        if opts.nats_url:
+            status.nats_url = opts.nats_url
+        else:
+            status.nats_url = stack.enter_context(LocalNatsServer(data_dir / "nats")).url
+        api_url = os.environ.get("PREFECT_API_URL")
+        if not api_url:
+            api_url, server = prefect_server(data_dir, dict(os.environ))
+            stack.enter_context(server)
+            os.environ["PREFECT_API_URL"] = api_url
+            await asyncio.to_thread(wait_http, api_url + "/health", 120, "the Prefect server")
+        status.prefect_ui = api_url.removesuffix("/api")
+        metrics_runner, metrics_port = await start_metrics_server(
+            "127.0.0.1", opts.metrics_port, multiproc_dir=metrics_dir
+        )
+        stack.push_async_callback(metrics_runner.cleanup)
+        status.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            await asyncio.to_thread(save_defaults)
+            config, _ = await aload_platform_config()
+        # The simulator serves what the venue blocks ask for (so a symbol added to a block exists there).
+        sim_symbols = sorted({s for v in opts.venues for s in config.venues[v].symbols} | set(opts.sim_symbols))
+        ws_bases = None
+        if opts.source == "sim":
+            port = free_port()
+            cmd = [sys.executable, "-m", "marketprism.cli", "sim", "--port", str(port),
+                   "--venues", ",".join(opts.venues), "--symbols", ",".join(sim_symbols),
+                   "--rate", str(opts.sim_rate)]  # fmt: skip
+            stack.enter_context(child(cmd, dict(os.environ), data_dir / "logs" / "sim.log", "the simulator"))
+            await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/_sim/health", 30, "the simulator")
+            ws_bases = {v: f"ws://127.0.0.1:{port}/{v}" for v in opts.venues}
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            report = await serve_and_watch(opts, status, stop, on_status, ws_bases, on_ready)
+    return report
+
+
+async def serve_and_watch(
+    opts: StackOptions,
+    status: StackStatus,
+    stop: asyncio.Event,
+    on_status: Callable[[StackStatus], None],
+    ws_bases: dict[str, str] | None,
+    on_ready: Callable[[StackStatus], None],
+) -> StackReport:
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.runner import Runner
+
+    from deployments.automations import ensure_automations
+    from deployments.definitions import collector_deployment_args, collector_deployment_name
+    from flows.collector import collector
+
+    async with get_client() as client:
+        await ensure_automations(client)
+    runner = Runner(name="marketprism-up", query_seconds=2, pause_on_shutdown=False)
+    deployment_ids = []
+    for args in collector_deployment_args(opts.venues, opts.source, status.nats_url, ws_bases):
+        deployment_ids.append(await runner.aadd_deployment(await collector.ato_deployment(**args)))
+    runner_task = asyncio.create_task(runner.start(webserver=False))
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(0.5)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the runner installs its own SIGTERM handler: ours wins
+        loop.add_signal_handler(sig, stop.set)
+    run_ids = []
+    for venue in opts.venues:
+        run = await run_deployment(f"collector/{collector_deployment_name(venue)}", timeout=0)  # type: ignore[misc]
+        run_ids.append(run.id)
+    on_ready(status)
+    nc = await connect(status.nats_url)
+    deadline = None if opts.duration_s is None else time.monotonic() + opts.duration_s
+    try:
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            for venue in opts.venues:
+                with contextlib.suppress(Exception):
+                    status.venues[venue] = await request(nc, venue, "status", timeout_s=0.5)
+            on_status(status)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+        report = StackReport(status=status)
+        await shutdown(opts, nc, runner, deployment_ids, report)
+    finally:
+        await nc.close()
+        if not runner_task.done():
+            with contextlib.suppress(Exception):
+                await runner.astop()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(runner_task, 30)
+    return report
+
+
+async def shutdown(opts: StackOptions, nc: Any, runner: Any, deployment_ids: list[Any], report: StackReport) -> None:
+    """Collectors first (they flush), then whatever still runs is cancelled; then the runner stops."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
+
+    async with get_client() as client:
+        for deployment_id in deployment_ids:
+            await client.pause_deployment(deployment_id)  # no new scheduled runs while we stop
+
+        async def runs() -> list[Any]:
+            return await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)),
+                flow_run_filter=FlowRunFilter(),
+            )
+
+        for venue in opts.venues:
+            with contextlib.suppress(Exception):
+                await request(nc, venue, "stop", timeout_s=2.0)
+        deadline = time.monotonic() + 30
+        active = {"RUNNING", "PENDING", "CANCELLING"}
+        while time.monotonic() < deadline and any(r.state_type.value in active for r in await runs()):
+            await asyncio.sleep(0.5)
+        if any(r.state_type.value in active for r in await runs()):
+            log.warning("collectors still running after 30 s: cancelling them")
+            await runner.cancel_all()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and any(r.state_type.value in active for r in await runs()):
+                await asyncio.sleep(0.5)
+        for run in await runs():
+            if run.state_type.value in FINAL_STATES or run.state_type.value in active:
+                report.flow_runs[run.name] = run.state_type.value

@@ -1,0 +1,45 @@
+"""`prefect deploy --all` registers every deployment in prefect.yaml against a real Prefect server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from marketprism.venues import VENUES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_prefect_deploy_all_registers_every_deployment(prefect_api: str) -> None:
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    prefect = [sys.executable, "-m", "prefect"]
+    pool = subprocess.run([*prefect, "work-pool", "create", "marketprism-process", "--type", "process"],
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert pool.returncode == 0 or "already exists" in pool.stdout + pool.stderr, pool.stdout + pool.stderr
+    done = subprocess.run([*prefect, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    declared = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    assert set(declared) == {f"collector-{v.replace('_', '-')}" for v in VENUES}
+
+    async def registered() -> list:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            return await client.read_deployments()
+
+    found = {d.name: d for d in asyncio.run(registered()) if d.name in declared}
+    assert set(found) == set(declared)
+    for name, d in found.items():
+        assert d.entrypoint == "flows/collector.py:collector"
+        assert d.work_pool_name == "marketprism-process"
+        assert d.parameters == declared[name]["parameters"]
+        assert [s.schedule.interval.total_seconds() for s in d.schedules] == [60.0]
+        assert d.global_concurrency_limit is not None and d.global_concurrency_limit.limit == 1
+        assert d.concurrency_options is not None and d.concurrency_options.collision_strategy.value == "CANCEL_NEW"

@@ -1,0 +1,89 @@
+"""`marketprism up --source sim` as a user runs it: a real process, a real Prefect server, SIGTERM midway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from marketprism.bus.publisher import connect
+from marketprism.bus.server import LocalNatsServer, free_port
+from tests.test_bus import stream_messages
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _trades_stored(url: str) -> int:
+    async def count() -> int:
+        nc = await connect(url)
+        try:
+            info = await nc.jetstream().stream_info("MARKET_DATA")
+            return int(info.state.messages)
+        except Exception:
+            return 0
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
+
+
+def test_up_runs_the_stack_under_prefect_and_stops_cleanly_on_sigterm(
+    tmp_path: Path, nats_server: LocalNatsServer, prefect_api: str
+) -> None:
+    metrics_port = free_port()
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    cmd = [sys.executable, "-m", "marketprism.cli", "up", "--source", "sim", "--duration", "120",
+           "--venues", "binance_spot,okx_swap", "--nats-url", nats_server.url, "--data-dir", str(tmp_path / "data"),
+           "--metrics-port", str(metrics_port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _trades_stored(nats_server.url) < 200:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(1)
+        assert _trades_stored(nats_server.url) >= 200, "no records reached JetStream"
+        time.sleep(3)  # let the collector processes write metrics
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        records = [line for line in metrics.splitlines() if line.startswith("marketprism_collector_records_total{")]
+        assert any('exchange="binance"' in line for line in records), metrics[:2000]
+        assert any('exchange="okx"' in line for line in records)
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in records) >= 200
+        proc.send_signal(signal.SIGTERM)  # midway through --duration 120
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert "MarketPrism is up: Prefect UI" in out
+    report = json.loads(out[out.rindex('{\n  "flow_runs"') :])
+    assert len(report["flow_runs"]) >= 2
+    assert set(report["flow_runs"].values()) <= {"COMPLETED", "CANCELLED"}, report["flow_runs"]
+
+    async def check_api() -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowFilter, FlowFilterName
+
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["collector"])))
+            assert runs and not [r.name for r in runs if r.state_type.value in ("RUNNING", "PENDING")]
+            arts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=["collector-binance-spot", "collector-okx-swap"])
+                )
+            )
+            assert {a.key for a in arts} == {"collector-binance-spot", "collector-okx-swap"}
+
+        nc = await connect(nats_server.url)
+        try:
+            trades = await stream_messages(nc, "md.trade.>")
+        finally:
+            await nc.close()
+        assert {m.subject.split(".")[2] for m in trades} == {"binance", "okx"}
+
+    asyncio.run(check_api())
