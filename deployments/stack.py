@@ -177,7 +177,9 @@ async def serve_and_watch(
     runner = Runner(name="marketprism-up", query_seconds=2, pause_on_shutdown=False)
     deployment_ids = []
     for args in collector_deployment_args(opts.venues, opts.source, status.nats_url, ws_bases):
+        await replace_work_pool_deployment(f"collector/{args['name']}")
         deployment_ids.append(await runner.aadd_deployment(await collector.ato_deployment(**args)))
+    await forget_stale_runs(deployment_ids)
     runner_task = asyncio.create_task(runner.start(webserver=False))
     loop = asyncio.get_running_loop()
     await asyncio.sleep(0.5)
@@ -208,6 +210,52 @@ async def serve_and_watch(
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(runner_task, 30)
     return report
+
+
+async def replace_work_pool_deployment(name: str) -> None:
+    """``up`` serves its deployments itself: one of the same name made by ``prefect deploy`` for a work pool
+    (with pull steps this process cannot run) is deleted first, with a warning."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            existing = await client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return
+        if existing.work_pool_name or existing.pull_steps:
+            pool = existing.work_pool_name
+            log.warning("replacing deployment %s (work pool %s) with the one `up` serves", name, pool)
+            await client.delete_deployment(existing.id)
+
+
+async def forget_stale_runs(deployment_ids: list[Any]) -> None:
+    """Resume the deployments (the last ``up`` paused them) and delete runs scheduled before this start.
+
+    Scheduled runs carry the parameters of when they were made (e.g. by ``prefect deploy --all``, or a previous
+    ``up`` with another bus): with a concurrency limit of 1 they would take the slot from this start's runs.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    async with get_client() as client:
+        for deployment_id in deployment_ids:
+            await client.resume_deployment(deployment_id)
+        stale = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING]))
+            ),
+        )
+        for run in stale:
+            await client.delete_flow_run(run.id)
 
 
 async def shutdown(opts: StackOptions, nc: Any, runner: Any, deployment_ids: list[Any], report: StackReport) -> None:
