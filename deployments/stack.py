@@ -28,6 +28,7 @@ from typing import Any
 from marketprism.bus.publisher import connect
 from marketprism.bus.server import LocalNatsServer, free_port
 from marketprism.control import request
+from marketprism.procs import die_with_parent
 from marketprism.venues import VENUES
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ def child(cmd: list[str], env: dict[str, str], log_path: Path, what: str) -> Ite
     """A child process, logged to a file, terminated (then killed) on exit."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent)  # fmt: skip
     try:
         yield proc
     finally:
@@ -119,6 +121,7 @@ async def run_stack(
     # Every process started from here (flow runs included) writes its metrics where one endpoint reads them all.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
+    os.environ["MARKETPRISM_DIE_WITH_PARENT"] = "1"  # flow runs end with `up`, even if it is killed
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     async with contextlib.AsyncExitStack() as stack:
         if opts.nats_url:

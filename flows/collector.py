@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -19,6 +20,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from blocks.platform import aload_platform_config, venue_block_name
 from marketprism.config import ConfigError, PlatformConfig, VenueConfig, resolve
 from marketprism.metrics import count_error
+from marketprism.procs import die_with_parent
 from marketprism.runner import CollectorSpec, RunReport, run_collectors
 from marketprism.stream.collector import Collector
 
@@ -111,6 +113,8 @@ async def collector(
     reload_poll_s: float = 10.0,
 ) -> dict[str, Any]:
     """Collect ``venue`` until cancelled, stopped over the control plane, or ``duration_s`` has passed."""
+    if os.environ.get("MARKETPRISM_DIE_WITH_PARENT") == "1":  # set by `up`: never outlive the stack that started us
+        die_with_parent()
     config = await load_config()
     venue_cfg = config.venues[venue]
     spec = CollectorSpec(venue, tuple(symbols or venue_cfg.symbols), tuple(venue_cfg.data_types))

@@ -41,7 +41,8 @@ def test_up_runs_the_stack_under_prefect_and_stops_cleanly_on_sigterm(
     cmd = [sys.executable, "-m", "marketprism.cli", "up", "--source", "sim", "--duration", "120",
            "--venues", "binance_spot,okx_swap", "--nats-url", nats_server.url, "--data-dir", str(tmp_path / "data"),
            "--metrics-port", str(metrics_port)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and _trades_stored(nats_server.url) < 200:
@@ -58,7 +59,7 @@ def test_up_runs_the_stack_under_prefect_and_stops_cleanly_on_sigterm(
         out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # `up` and the services it started
     assert proc.returncode == 0, out[-3000:]
     assert "MarketPrism is up: Prefect UI" in out
     report = json.loads(out[out.rindex('{\n  "flow_runs"') :])
@@ -87,3 +88,41 @@ def test_up_runs_the_stack_under_prefect_and_stops_cleanly_on_sigterm(
         assert {m.subject.split(".")[2] for m in trades} == {"binance", "okx"}
 
     asyncio.run(check_api())
+
+
+def test_up_embedded_defaults_start_their_own_prefect_server_and_bus(tmp_path: Path) -> None:
+    """The README's run command as is: no PREFECT_API_URL, no NATS URL: `up` starts both under --data-dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MARKETPRISM_NATS"))}
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    data = tmp_path / "data"
+    cmd = [sys.executable, "-m", "marketprism.cli", "up", "--source", "sim", "--duration", "40",
+           "--venues", "bybit_linear", "--data-dir", str(data)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the first line names the URLs
+            lines.append(line)
+            if "MarketPrism is up" in line:
+                break
+        ui = lines[-1].split("Prefect UI ", 1)[1].split()[0]
+        running: list = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not running:
+            body = json.dumps({"flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}}).encode()
+            req = urllib.request.Request(f"{ui}/api/flow_runs/filter", data=body,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+            running = json.loads(urllib.request.urlopen(req, timeout=5).read())
+            time.sleep(1)
+        assert running, "no collector flow run is Running in the embedded Prefect server"
+        out = "".join(lines) + proc.stdout.read()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # `up` and the services it started
+    assert proc.returncode == 0, out[-3000:]
+    report = json.loads(out[out.rindex('{\n  "flow_runs"') :])
+    assert list(report["flow_runs"].values()) == ["COMPLETED"]
+    assert report["venues"]["bybit_linear"]["records"] > 50
+    assert (data / "prefect" / "prefect.db").exists() and (data / "nats" / "jetstream").is_dir()

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from marketprism.procs import die_with_parent
+
 
 class NatsServerError(RuntimeError):
     pass
@@ -70,7 +72,9 @@ class LocalNatsServer:
             raise NatsServerError(f"cannot start nats-server: {self.host}:{self.port} is already in use")
         cmd = [nats_server_binary(), "-js", "-sd", str(self.store_dir), "-a", self.host, "-p", str(self.port)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent
+        )
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
