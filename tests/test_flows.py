@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 from marketprism.bus.server import LocalNatsServer
@@ -90,3 +91,4 @@ def test_changed_venue_block_reaches_the_running_collector(prefect_api, nats_ser
     assert symbols == {"BTC-USDT", "ETH-USDT"}
     assert delay < 10, f"the new symbol took {delay:.1f}s"
     assert status["symbols"] == ["BTC-USDT", "ETH-USDT"] and status["reconnects"] == 0
+    assert status["pid"] == os.getpid()  # the same flow run (this process) collects the new symbol
