@@ -52,6 +52,31 @@ class Limits:
     max_connection_age_s: float | None = None
 
 
+@dataclass(frozen=True)
+class RestLimits:
+    """A venue's REST budget: ``weight_per_minute`` (kept below the documented maximum) and retry policy."""
+
+    weight_per_minute: int
+    max_concurrent: int = 4
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 60.0
+    max_attempts: int = 8
+    timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.weight_per_minute <= 0 or self.max_concurrent <= 0 or self.max_attempts <= 0:
+            raise ValueError("RestLimits: weight_per_minute, max_concurrent and max_attempts must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRequest:
+    """The REST call that returns an order-book snapshot, and its weight against the venue's budget."""
+
+    path: str
+    params: dict[str, str]
+    weight: int
+
+
 @dataclass(frozen=True, slots=True)
 class Subscription:
     """One stream on a connection: a venue channel for one instrument."""
@@ -82,6 +107,8 @@ class Venue:
     unsubscribe_messages: Callable[[Sequence[Subscription], int], list[str]]
     new_parser: Callable[..., Parser]  # (symbols: instrument -> symbol, optional) -> a fresh parser
     depth_levels: int = 0  # for venues whose book channel names a depth (Bybit orderbook.N)
+    rest_limits: RestLimits = RestLimits(weight_per_minute=600)
+    snapshot_request: Callable[[str], SnapshotRequest] | None = None  # instrument -> request (REST-synced books)
     notes: dict[str, str] = field(default_factory=dict)
 
     def subscriptions(self, symbols: Sequence[str], data_types: Sequence[DataType]) -> list[Subscription]:

@@ -30,7 +30,7 @@ from marketprism.records import (
     Trade,
     split_concatenated,
 )
-from marketprism.venues.base import Heartbeat, Limits, ParseError, Subscription, Venue
+from marketprism.venues.base import Heartbeat, Limits, ParseError, RestLimits, SnapshotRequest, Subscription, Venue
 
 # --- wire shapes (msgspec ignores fields not declared here: venues add fields without notice) ---------
 
@@ -269,7 +269,10 @@ def _requests(method: str, subs: Sequence[Subscription], first_id: int, per_requ
     ]
 
 
-def _make(name: str, market: Market, ws_url: str, rest_url: str, limits: Limits, trade: str) -> Venue:
+def _make(
+    name: str, market: Market, ws_url: str, rest_url: str, limits: Limits, trade: str, rest: RestLimits,
+    depth_path: str, depth_weight: int,
+) -> Venue:  # fmt: skip
     return Venue(
         name=name,
         exchange=Exchange.BINANCE,
@@ -284,10 +287,15 @@ def _make(name: str, market: Market, ws_url: str, rest_url: str, limits: Limits,
         subscribe_messages=lambda subs, first_id: _requests("SUBSCRIBE", subs, first_id, limits.args_per_subscribe),
         unsubscribe_messages=lambda subs, first_id: _requests("UNSUBSCRIBE", subs, first_id, limits.args_per_subscribe),
         new_parser=lambda symbols=None: BinanceParser(name, market, symbols),
+        rest_limits=rest,
+        snapshot_request=lambda instrument: SnapshotRequest(
+            depth_path, {"symbol": instrument, "limit": str(SNAPSHOT_LIMIT)}, depth_weight
+        ),
     )
 
 
 _DAY = 24 * 3600.0
+SNAPSHOT_LIMIT = 1000  # levels per REST depth snapshot
 BINANCE_SPOT = _make(
     "binance_spot",
     Market.SPOT,
@@ -296,6 +304,10 @@ BINANCE_SPOT = _make(
     Limits(streams_per_connection=1024, args_per_subscribe=200, subscribe_messages_per_s=4.0,
            max_connection_age_s=_DAY - 1800),
     trade="trade",
+    # 6,000 weight/min per IP; depth limit=1000 weighs 50
+    rest=RestLimits(weight_per_minute=4800),
+    depth_path="/api/v3/depth",
+    depth_weight=50,
 )  # fmt: skip
 BINANCE_USDM = _make(
     "binance_usdm",
@@ -305,6 +317,10 @@ BINANCE_USDM = _make(
     Limits(streams_per_connection=200, args_per_subscribe=200, subscribe_messages_per_s=8.0,
            max_connection_age_s=_DAY - 1800),
     trade="trade",
+    # 2,400 weight/min per IP; depth limit=1000 weighs 20
+    rest=RestLimits(weight_per_minute=1800),
+    depth_path="/fapi/v1/depth",
+    depth_weight=20,
 )  # fmt: skip
 
 # REST paths, used by the simulator now and by the order-book processor later.

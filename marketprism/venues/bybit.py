@@ -28,7 +28,7 @@ from marketprism.records import (
     Trade,
     split_concatenated,
 )
-from marketprism.venues.base import Heartbeat, Limits, ParseError, Subscription, Venue
+from marketprism.venues.base import Heartbeat, Limits, ParseError, RestLimits, SnapshotRequest, Subscription, Venue
 
 
 class _Frame(msgspec.Struct):
@@ -170,6 +170,8 @@ def _requests(op: str, subs: Sequence[Subscription], first_id: int) -> list[str]
 
 
 BYBIT_DEPTH_LEVELS = 50
+REST_ORDERBOOK_PATH = "/v5/market/orderbook"
+REST_INSTRUMENTS_PATH = "/v5/market/instruments-info"
 
 BYBIT_LINEAR = Venue(
     name="bybit_linear",
@@ -190,7 +192,9 @@ BYBIT_LINEAR = Venue(
     unsubscribe_messages=lambda subs, first_id: _requests("unsubscribe", subs, first_id),
     new_parser=lambda symbols=None: BybitParser("bybit_linear", Market.PERPETUAL, symbols),
     depth_levels=BYBIT_DEPTH_LEVELS,
+    # 600 requests per 5 s per IP. Books resync by resubscribing (the stream sends a snapshot).
+    rest_limits=RestLimits(weight_per_minute=3000),
+    snapshot_request=lambda instrument: SnapshotRequest(
+        REST_ORDERBOOK_PATH, {"category": "linear", "symbol": instrument, "limit": "200"}, 1
+    ),
 )
-
-REST_ORDERBOOK_PATH = "/v5/market/orderbook"
-REST_INSTRUMENTS_PATH = "/v5/market/instruments-info"

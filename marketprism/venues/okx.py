@@ -32,7 +32,7 @@ from marketprism.records import (
     Trade,
     split_dashed,
 )
-from marketprism.venues.base import Heartbeat, Limits, ParseError, Subscription, Venue
+from marketprism.venues.base import Heartbeat, Limits, ParseError, RestLimits, SnapshotRequest, Subscription, Venue
 
 
 class _Arg(msgspec.Struct):
@@ -257,6 +257,10 @@ def _requests(op: str, subs: Sequence[Subscription], first_id: int, per_request:
     ]
 
 
+REST_INSTRUMENTS_PATH = "/api/v5/public/instruments"
+REST_BOOKS_PATH = "/api/v5/market/books"
+
+
 def _make(name: str, market: Market, suffix: str) -> Venue:
     limits = Limits(streams_per_connection=240, args_per_subscribe=60, subscribe_messages_per_s=2.0)
 
@@ -278,11 +282,11 @@ def _make(name: str, market: Market, suffix: str) -> Venue:
         subscribe_messages=lambda subs, first_id: _requests("subscribe", subs, first_id, 60),
         unsubscribe_messages=lambda subs, first_id: _requests("unsubscribe", subs, first_id, 60),
         new_parser=lambda symbols=None: OkxParser(name, symbols),
+        # /market/books: 40 requests per 2 s per IP. Books resync by resubscribing (the stream sends a snapshot).
+        rest_limits=RestLimits(weight_per_minute=900),
+        snapshot_request=lambda instrument: SnapshotRequest(REST_BOOKS_PATH, {"instId": instrument, "sz": "400"}, 1),
     )
 
 
 OKX_SPOT = _make("okx_spot", Market.SPOT, "")
 OKX_SWAP = _make("okx_swap", Market.PERPETUAL, "-SWAP")
-
-REST_INSTRUMENTS_PATH = "/api/v5/public/instruments"
-REST_BOOKS_PATH = "/api/v5/market/books"

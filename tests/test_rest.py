@@ -1,0 +1,81 @@
+"""REST without bans, against the simulator's real HTTP endpoints and its 429/418/5xx faults."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import pytest
+
+from marketprism.rest import RestClient, RestError
+from marketprism.sim import Faults, SimConfig, SimServer
+from marketprism.venues import VENUES
+from marketprism.venues.base import RestLimits
+
+FAST = RestLimits(weight_per_minute=6000, backoff_initial_s=0.05, backoff_max_s=0.2, max_attempts=5)
+
+
+def sim(*venues: str) -> SimServer:
+    return SimServer(SimConfig(mode="synthetic", venues=list(venues), symbols=["BTC-USDT", "ETH-USDT"], rate=5.0))
+
+
+@pytest.mark.parametrize("venue", sorted(VENUES))
+async def test_every_venue_declares_a_snapshot_request_the_simulator_answers(venue: str) -> None:
+    v = VENUES[venue]
+    assert v.snapshot_request is not None and v.rest_limits.weight_per_minute > 0
+    req = v.snapshot_request(v.to_instrument("BTC-USDT"))
+    async with sim(venue) as s, RestClient(s.rest_base(venue), FAST, name=venue) as client:
+        body = await client.get_json(req.path, req.params, req.weight)
+    assert body  # each venue's own snapshot shape (parsed by the book sync machines)
+    assert client.stats.requests == 1 and client.stats.weight_used == req.weight
+
+
+@pytest.mark.parametrize("status", [429, 418])
+async def test_rate_limit_answers_pause_every_request_for_retry_after(status: int) -> None:
+    venue = VENUES["binance_spot"]
+    req = venue.snapshot_request("BTCUSDT")  # type: ignore[misc]
+    async with sim("binance_spot") as s, RestClient(s.rest_base("binance_spot"), FAST) as client:
+        s.set_faults("binance_spot", Faults(rest_status=status, rest_fail_count=2, rest_retry_after_s=1))
+        t0 = time.monotonic()
+        body = await client.get_json(req.path, req.params, req.weight)
+        elapsed = time.monotonic() - t0
+        truth = s.truth()["venues"]["binance_spot"]
+    assert "lastUpdateId" in body
+    assert elapsed >= 2.0  # waited as told, twice
+    assert client.stats.by_status[status] == 2 and client.stats.by_status[200] == 1
+    assert (client.stats.rate_limited if status == 429 else client.stats.banned) == 2
+    assert truth["rest_requests"] == 3  # nothing sent while paused
+
+
+async def test_server_errors_back_off_with_a_cap_then_succeed_and_bad_requests_fail_fast() -> None:
+    async with sim("bybit_linear") as s, RestClient(s.rest_base("bybit_linear"), FAST) as client:
+        s.set_faults("bybit_linear", Faults(rest_status=503, rest_fail_count=3, rest_retry_after_s=0))
+        req = VENUES["bybit_linear"].snapshot_request("BTCUSDT")  # type: ignore[misc]
+        await client.get_json(req.path, req.params, req.weight)
+        assert client.stats.retries == 3 and client.stats.by_status[503] == 3
+        s.set_faults("bybit_linear", Faults(rest_status=500))  # every request fails
+        with pytest.raises(RestError, match="gave up after 5 attempts"):
+            await client.get_json(req.path, req.params, req.weight)
+        assert client.stats.failures == 1
+    async with sim("binance_usdm") as s, RestClient(s.rest_base("binance_usdm"), FAST) as client:
+        with pytest.raises(RestError, match="400"):  # unknown symbol: retrying cannot help
+            await client.get_json("/fapi/v1/depth", {"symbol": "NOPEUSDT", "limit": "1000"}, 20)
+        assert client.stats.requests == 1
+
+
+async def test_a_storm_of_snapshot_requests_stays_within_the_weight_budget() -> None:
+    """60 snapshot requests at once against a 600 weight/min budget (weight 10 each): the first 60 fit; the
+    rest wait for the budget to refill (10 weight/s), so the venue never sees more than it allows."""
+    limits = dataclasses.replace(FAST, weight_per_minute=600, max_concurrent=8)
+    async with sim("binance_spot") as s, RestClient(s.rest_base("binance_spot"), limits) as client:
+        t0 = time.monotonic()
+        bodies = await asyncio.gather(
+            *(client.get_json("/api/v3/depth", {"symbol": "BTCUSDT", "limit": "100"}, 10) for _ in range(63))
+        )
+        elapsed = time.monotonic() - t0
+        truth = s.truth()["venues"]["binance_spot"]
+    assert all("lastUpdateId" in b for b in bodies)
+    assert truth["rest_requests"] == 63 and client.stats.by_status == {200: 63}
+    assert elapsed >= 2.5  # 3 requests beyond the burst, 1 s of refill each
+    assert client.stats.weight_used == 630 and client.stats.waited_s > 0
