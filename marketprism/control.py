@@ -4,6 +4,8 @@ Every process that runs a collector answers for its venue:
 
 ``status``   reply: the collector's counters and symbols (JSON)
 ``symbols``  request ``{"symbols": [...], "data_types": [...]?}``: hot reload, reply: the symbols now collected
+``resubscribe`` request ``{"symbols": [...]}``: unsubscribe + subscribe those symbols (OKX/Bybit send a fresh
+             book snapshot: the order-book processor's per-symbol resync), reply ``{"resubscribed": [...]}``
 ``stop``     reply ``{"ok": true}``, then that collector stops; a run ends when all its collectors have
              stopped, flushing what it holds
 
@@ -46,7 +48,9 @@ class CollectorControl:
 
     async def start(self) -> CollectorControl:
         for venue in self.collectors:
-            for verb, handler in (("status", self._status), ("symbols", self._symbols), ("stop", self._stop)):
+            verbs = (("status", self._status), ("symbols", self._symbols), ("resubscribe", self._resubscribe),
+                     ("stop", self._stop))  # fmt: skip
+            for verb, handler in verbs:
                 self._subs.append(await self.nc.subscribe(control_subject(venue, verb), cb=handler))
         return self
 
@@ -82,6 +86,17 @@ class CollectorControl:
             return
         log.info("control: %s now collects %s", collector.venue.name, ", ".join(collector.symbols))
         await self._reply(msg, {"symbols": collector.symbols})
+
+    async def _resubscribe(self, msg: Msg) -> None:
+        collector = self._collector(msg)
+        try:
+            symbols = list(orjson.loads(msg.data)["symbols"])
+        except (ValueError, KeyError, TypeError) as exc:
+            await self._reply(msg, {"error": f"{type(exc).__name__}: {exc}"})
+            return
+        done = await collector.resubscribe(symbols)
+        log.info("control: %s resubscribed %s", collector.venue.name, ", ".join(done) or "nothing")
+        await self._reply(msg, {"resubscribed": done})
 
     async def _stop(self, msg: Msg) -> None:
         collector = self._collector(msg)

@@ -480,3 +480,46 @@ async def _stored(url: str, subject: str) -> list:
         return await stream_messages(nc, subject)
     finally:
         await nc.close()
+
+
+async def test_resubscribe_over_the_control_plane_brings_a_fresh_okx_snapshot(tmp_path: Path, nats_server) -> None:
+    """The order-book processor resyncs one OKX symbol by asking its collector to resubscribe it."""
+    from marketprism.bus.publisher import connect
+    from marketprism.control import request
+    from marketprism.records import Depth
+
+    spec = CollectorSpec("okx_spot", ("BTC-USDT", "ETH-USDT"), (DataType.DEPTH,))
+    run = asyncio.create_task(
+        run_collectors(
+            [spec],
+            nats_url=nats_server.url,
+            data_dir=tmp_path,
+            source="sim",
+            session_config=FAST,
+            sim_options={"rate": 20.0},
+        )
+    )
+    nc = await connect(nats_server.url)
+    snapshots: list[str] = []
+
+    async def on_depth(msg) -> None:
+        from marketprism.bus.codec import decode_subject
+
+        depth = decode_subject(msg.subject, msg.data)
+        assert isinstance(depth, Depth)
+        if depth.is_snapshot:
+            snapshots.append(depth.symbol)
+
+    await nc.subscribe("md.depth.okx.>", cb=on_depth)
+    try:
+        assert await wait_until(lambda: sorted(snapshots) == ["BTC-USDT", "ETH-USDT"], 10)
+        reply = await request(nc, "okx_spot", "resubscribe", {"symbols": ["ETH-USDT"]})
+        assert reply == {"resubscribed": ["ETH-USDT"]}
+        assert await wait_until(lambda: snapshots.count("ETH-USDT") == 2, 5)
+        await asyncio.sleep(0.5)
+        assert snapshots.count("BTC-USDT") == 1  # the other symbol was not touched
+        assert "error" in await request(nc, "okx_spot", "resubscribe", {"nope": 1})
+        await request(nc, "okx_spot", "stop")
+        await asyncio.wait_for(run, 15)
+    finally:
+        await nc.close()

@@ -153,6 +153,22 @@ class Collector:
                 else:
                     await home.add(subs)
 
+    async def resubscribe(self, symbols: Sequence[str]) -> list[str]:
+        """Unsubscribe and subscribe again these symbols' streams on their live connections.
+
+        Venues that sync books from the stream (OKX, Bybit) answer a subscribe with a fresh snapshot: this is
+        how the order-book processor resyncs one symbol there, without touching the others.
+        """
+        wanted = {s.upper() for s in symbols}
+        done = []
+        for session in self.sessions:
+            subs = [s for s in session.subscriptions if s.symbol in wanted]
+            if subs:
+                await session.remove(subs)
+                await session.add(subs)
+                done += sorted({s.symbol for s in subs})
+        return done
+
     @property
     def stats(self) -> CollectorStats:
         out = CollectorStats(self.venue.name, connections=len(self.sessions))
