@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from marketprism.book.cli import book_app
 from marketprism.bus.codec import decode_subject
 from marketprism.config import ConfigError
 from marketprism.config_cli import config_app
@@ -27,6 +28,7 @@ from marketprism.venues import VENUES, get_venue
 
 app = typer.Typer(help="MarketPrism: exact crypto market data into NATS JetStream.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(book_app, name="book")
 console = Console()
 
 

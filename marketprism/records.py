@@ -37,6 +37,8 @@ class DataType(StrEnum):
     DEPTH = "depth"
     TICKER = "ticker"
     STATUS = "status"
+    BOOK = "book"  # marketprism.book.records.Book: top-N snapshot of a validated local book
+    BOOK_DELTA = "book_delta"  # marketprism.book.records.BookDelta: validated incremental L2
 
 
 class Side(StrEnum):
@@ -266,3 +268,8 @@ def symbol_of(instrument: str) -> str:
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+# ``book`` and ``book_delta`` live next to the book engine and add themselves to RECORD_TYPES; imported last (they
+# subclass Record) so that every importer of this module sees the complete registry.
+import marketprism.book.records  # noqa: E402, F401

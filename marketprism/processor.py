@@ -1,0 +1,221 @@
+"""The order-book processor: depth records from JetStream -> books kept in sync -> ``book``/``book_delta`` out.
+
+It reads ``md.depth.>`` and ``md.status.>`` from the market-data stream with an ephemeral pull consumer that
+starts at the newest message (a book is rebuilt from a snapshot, never from old deltas), feeds them to
+``SymbolBooks``, publishes every validated change as a ``book_delta`` record the moment it happens, and the
+top ``top_n`` levels of every changed book as a ``book`` record every ``interval_s``.
+
+When a symbol's book needs a resync (gap, checksum, crossed book, disconnect), only that symbol waits: for
+Binance the processor fetches a REST snapshot through the venue's ``RestClient`` (weight budget, Retry-After,
+418, capped backoff), with requests from many symbols queued and spaced ``stagger_s`` apart; for OKX and
+Bybit it asks the collector over the control plane to resubscribe that symbol, which brings the venue's own
+snapshot. A request that got no answer is repeated after ``retry_after_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from marketprism.book.snapshots import binance_depth_snapshot
+from marketprism.book.sync import BookKey, ResyncAction, ResyncReason, ResyncRequest, SymbolBooks
+from marketprism.bus.codec import decode_subject
+from marketprism.bus.publisher import JetStreamPublisher
+from marketprism.bus.stream import MarketDataStream, ensure_stream
+from marketprism.control import control_subject, request
+from marketprism.records import now_us
+from marketprism.rest import RestClient, RestError
+from marketprism.venues import VENUES, Venue
+
+log = logging.getLogger(__name__)
+
+PROCESSOR = "book_processor"  # its name on the control plane: mp.control.book_processor.<verb>
+
+
+@dataclass
+class ProcessorStats:
+    consumed: int = 0
+    decode_errors: int = 0
+    deltas_published: int = 0
+    books_published: int = 0
+    snapshot_requests: int = 0
+    snapshot_failures: int = 0
+    resubscribe_requests: int = 0
+    requests_by_reason: Counter[str] = field(default_factory=Counter)
+    lag_s: float = 0.0  # receive time of the newest depth record vs now
+
+
+def venue_for(exchange: str, market: str) -> Venue | None:
+    return next((v for v in VENUES.values() if v.exchange == exchange and v.market == market), None)
+
+
+class OrderBookProcessor:
+    def __init__(
+        self,
+        nc: NATS,
+        publisher: JetStreamPublisher,
+        *,
+        rest_bases: Mapping[str, str] | None = None,
+        top_n: int = 20,
+        interval_s: float = 0.1,
+        stagger_s: float = 0.1,
+        retry_after_s: float = 10.0,
+        batch: int = 1000,
+        stream: MarketDataStream | None = None,
+    ):
+        if top_n <= 0 or interval_s <= 0:
+            raise ValueError("top_n and interval_s must be > 0")
+        self.nc = nc
+        self.publisher = publisher
+        self.top_n = top_n
+        self.interval_s = interval_s
+        self.stagger_s = stagger_s
+        self.retry_after_s = retry_after_s
+        self.batch = batch
+        self.stream = stream or MarketDataStream()  # the same spec the collectors use (NatsConfig.stream())
+        self.stats = ProcessorStats()
+        self.books = SymbolBooks(on_delta=self._on_delta)
+        self._rest_bases = dict(rest_bases or {})
+        self._rest: dict[str, RestClient] = {}
+        self._pending: asyncio.Queue[ResyncRequest] = asyncio.Queue()
+        self._asked: dict[BookKey, float] = {}  # book -> when its last request went out
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _on_delta(self, delta: Any) -> None:
+        self.publisher.submit(delta)
+        self.stats.deltas_published += 1
+
+    async def run(self) -> None:
+        js = self.nc.jetstream()
+        await ensure_stream(js, self.stream)  # the processor may start before any collector
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.NONE, filter_subjects=["md.depth.>", "md.status.>"]
+        )
+        sub = await js.pull_subscribe("", stream=self.stream.name, config=config)
+        control = await self.nc.subscribe(control_subject(PROCESSOR, "*"), cb=self._control)
+        workers = [
+            asyncio.create_task(self._resyncs(), name="book-resyncs"),
+            asyncio.create_task(self._publish_books(), name="book-snapshots"),
+        ]
+        try:
+            while not self._stop.is_set():
+                try:
+                    msgs = await sub.fetch(self.batch, timeout=0.2)
+                except TimeoutError:
+                    msgs = []
+                for msg in msgs:
+                    self._consume(msg.subject, msg.data)
+                self._route_requests()
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await control.unsubscribe()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            for client in self._rest.values():
+                await client.close()
+
+    def _consume(self, subject: str, data: bytes) -> None:
+        self.stats.consumed += 1
+        try:
+            record = decode_subject(subject, data)
+        except Exception as exc:  # a foreign or broken message: counted, never fatal
+            self.stats.decode_errors += 1
+            log.warning("book processor: undecodable message on %s: %s", subject, exc)
+            return
+        try:
+            self.books.feed(record)
+        except ValueError as exc:  # malformed levels reach us raw from the collector (records.Depth)
+            self.stats.decode_errors += 1
+            log.warning("book processor: bad depth record on %s: %s", subject, exc)
+            return
+        self.stats.lag_s = max(0.0, (now_us() - record.recv_ts) / 1e6)
+
+    def _route_requests(self) -> None:
+        now = time.monotonic()
+        for req in self.books.take_requests():
+            self._asked[req.key] = now
+            self.stats.requests_by_reason[str(req.reason)] += 1
+            self._pending.put_nowait(req)
+        # A book still waiting long after its request (the answer got lost, the fetch failed): ask again.
+        for machine in self.books.wanting():
+            if machine.wants is not None and now - self._asked.get(machine.key, 0.0) > self.retry_after_s:
+                self._asked[machine.key] = now
+                self._pending.put_nowait(
+                    ResyncRequest(machine.key, machine.instrument, machine.wants, ResyncReason.REQUESTED)
+                )
+
+    async def _resyncs(self) -> None:
+        """One request at a time, ``stagger_s`` apart: a storm of resyncs never bursts at a venue."""
+        while True:
+            req = await self._pending.get()
+            try:
+                if req.action == ResyncAction.FETCH_SNAPSHOT:
+                    await self._fetch_snapshot(req)
+                else:
+                    await self._resubscribe(req)
+            except Exception as exc:  # counted; the retry in _route_requests asks again later
+                log.warning("book processor: resync of %s failed: %s", req.key, exc)
+            await asyncio.sleep(self.stagger_s)
+
+    async def _fetch_snapshot(self, req: ResyncRequest) -> None:
+        venue = venue_for(req.key.exchange, req.key.market)
+        if venue is None or venue.snapshot_request is None:
+            return
+        client = self._rest.get(venue.name)
+        if client is None:
+            base = self._rest_bases.get(venue.name, venue.rest_url)
+            client = self._rest[venue.name] = RestClient(base, venue.rest_limits, name=venue.name)
+        call = venue.snapshot_request(req.instrument)
+        self.stats.snapshot_requests += 1
+        try:
+            body = await client.get_json(call.path, call.params, call.weight)
+        except RestError:
+            self.stats.snapshot_failures += 1
+            raise
+        snap = binance_depth_snapshot(orjson.dumps(body), market=req.key.market, instrument=req.instrument,
+                                      recv_ts=now_us(), symbol=req.key.symbol)  # fmt: skip
+        self.books.snapshot(snap)
+
+    async def _resubscribe(self, req: ResyncRequest) -> None:
+        venue = venue_for(req.key.exchange, req.key.market)
+        if venue is None:
+            return
+        self.stats.resubscribe_requests += 1
+        await request(self.nc, venue.name, "resubscribe", {"symbols": [req.key.symbol]}, timeout_s=5.0)
+
+    async def _publish_books(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            for book in self.books.book_records(self.top_n, changed_only=True):
+                self.publisher.submit(book)
+                self.stats.books_published += 1
+
+    async def _control(self, msg: Any) -> None:
+        verb = msg.subject.rsplit(".", 1)[1]
+        if verb == "stop":
+            self.stop()
+            body: dict[str, Any] = {"ok": True}
+        else:
+            stats = self.stats
+            body = {
+                "consumed": stats.consumed, "deltas": stats.deltas_published, "books": stats.books_published,
+                "snapshot_requests": stats.snapshot_requests, "resubscribe_requests": stats.resubscribe_requests,
+                "lag_s": stats.lag_s, "symbols": self.books.stats(),
+            }  # fmt: skip
+        if msg.reply:
+            await msg.respond(orjson.dumps(body, default=str))
