@@ -53,3 +53,25 @@ def collector_deployment_args(
 def collector_deployments(**kwargs: Any) -> list[Any]:
     """The deployments themselves (sync callers, e.g. ``prefect.serve``); async callers use ``ato_deployment``."""
     return [collector.to_deployment(**args) for args in collector_deployment_args(**kwargs)]
+
+
+PROCESSOR_DEPLOYMENT = "book-processor"
+
+
+def processor_deployment_args(
+    nats_url: str | None = None, rest_bases: dict[str, str] | None = None, interval_s: float = RESTART_INTERVAL_S
+) -> dict[str, Any]:
+    """Arguments of ``book_processor.to_deployment``: long-running, restarts itself like the collectors."""
+    params: dict[str, Any] = {}
+    if nats_url:
+        params["nats_url"] = nats_url
+    if rest_bases:
+        params["rest_bases"] = rest_bases
+    return {
+        "name": PROCESSOR_DEPLOYMENT,
+        "parameters": params,
+        "interval": interval_s,
+        "concurrency_limit": ONE_AT_A_TIME,
+        "tags": ["marketprism", "long-running", "book-processor"],
+        "description": f"Keeps every symbol's order book in sync; restarts itself within {interval_s:.0f}s.",
+    }

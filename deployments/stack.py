@@ -28,6 +28,7 @@ from typing import Any
 from marketprism.bus.publisher import connect
 from marketprism.bus.server import LocalNatsServer, free_port
 from marketprism.control import request
+from marketprism.processor import PROCESSOR
 from marketprism.procs import die_with_parent
 from marketprism.venues import VENUES
 
@@ -172,7 +173,13 @@ async def serve_and_watch(
     from prefect.runner import Runner
 
     from deployments.automations import ensure_automations
-    from deployments.definitions import collector_deployment_args, collector_deployment_name
+    from deployments.definitions import (
+        PROCESSOR_DEPLOYMENT,
+        collector_deployment_args,
+        collector_deployment_name,
+        processor_deployment_args,
+    )
+    from flows.book_processor import book_processor
     from flows.collector import collector
 
     async with get_client() as client:
@@ -182,13 +189,17 @@ async def serve_and_watch(
     for args in collector_deployment_args(opts.venues, opts.source, status.nats_url, ws_bases):
         await replace_work_pool_deployment(f"collector/{args['name']}")
         deployment_ids.append(await runner.aadd_deployment(await collector.ato_deployment(**args)))
+    rest_bases = {v: base.replace("ws://", "http://", 1) for v, base in ws_bases.items()} if ws_bases else None
+    args = processor_deployment_args(status.nats_url, rest_bases)
+    await replace_work_pool_deployment(f"book-processor/{args['name']}")
+    deployment_ids.append(await runner.aadd_deployment(await book_processor.ato_deployment(**args)))
     await forget_stale_runs(deployment_ids)
     runner_task = asyncio.create_task(runner.start(webserver=False))
     loop = asyncio.get_running_loop()
     await asyncio.sleep(0.5)
     for sig in (signal.SIGINT, signal.SIGTERM):  # the runner installs its own SIGTERM handler: ours wins
         loop.add_signal_handler(sig, stop.set)
-    run_ids = []
+    run_ids = [(await run_deployment(f"book-processor/{PROCESSOR_DEPLOYMENT}", timeout=0)).id]  # type: ignore[misc]
     for venue in opts.venues:
         run = await run_deployment(f"collector/{collector_deployment_name(venue)}", timeout=0)  # type: ignore[misc]
         run_ids.append(run.id)
@@ -276,9 +287,11 @@ async def shutdown(opts: StackOptions, nc: Any, runner: Any, deployment_ids: lis
                 flow_run_filter=FlowRunFilter(),
             )
 
-        for venue in opts.venues:
+        for venue in opts.venues:  # collectors first: they flush what they hold
             with contextlib.suppress(Exception):
                 await request(nc, venue, "stop", timeout_s=2.0)
+        with contextlib.suppress(Exception):  # then what consumes them
+            await request(nc, PROCESSOR, "stop", timeout_s=2.0)
         deadline = time.monotonic() + 30
         active = {"RUNNING", "PENDING", "CANCELLING"}
         while time.monotonic() < deadline and any(r.state_type.value in active for r in await runs()):

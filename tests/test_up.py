@@ -63,7 +63,7 @@ def test_up_runs_the_stack_under_prefect_and_stops_cleanly_on_sigterm(
     assert proc.returncode == 0, out[-3000:]
     assert "MarketPrism is up: Prefect UI" in out
     report = json.loads(out[out.rindex('{\n  "flow_runs"') :])
-    assert len(report["flow_runs"]) >= 2
+    assert len(report["flow_runs"]) >= 3  # two collectors and the book processor
     assert set(report["flow_runs"].values()) <= {"COMPLETED", "CANCELLED"}, report["flow_runs"]
 
     async def check_api() -> None:
@@ -83,9 +83,11 @@ def test_up_runs_the_stack_under_prefect_and_stops_cleanly_on_sigterm(
         nc = await connect(nats_server.url)
         try:
             trades = await stream_messages(nc, "md.trade.>")
+            books = await stream_messages(nc, "md.book.>")
         finally:
             await nc.close()
         assert {m.subject.split(".")[2] for m in trades} == {"binance", "okx"}
+        assert {m.subject.split(".")[2] for m in books} == {"binance", "okx"}  # the book processor ran too
 
     asyncio.run(check_api())
 
@@ -123,6 +125,6 @@ def test_up_embedded_defaults_start_their_own_prefect_server_and_bus(tmp_path: P
             os.killpg(proc.pid, signal.SIGKILL)  # `up` and the services it started
     assert proc.returncode == 0, out[-3000:]
     report = json.loads(out[out.rindex('{\n  "flow_runs"') :])
-    assert list(report["flow_runs"].values()) == ["COMPLETED"]
+    assert sorted(report["flow_runs"].values()) == ["COMPLETED", "COMPLETED"]  # the collector and the book processor
     assert report["venues"]["bybit_linear"]["records"] > 50
     assert (data / "prefect" / "prefect.db").exists() and (data / "nats" / "jetstream").is_dir()

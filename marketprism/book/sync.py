@@ -143,7 +143,8 @@ class SyncCounters:
     resyncs: dict[str, int] = field(default_factory=dict)  # book losses by ResyncReason
 
     def count_resync(self, reason: str) -> None:
-        self.resyncs[reason] = self.resyncs.get(reason, 0) + 1
+        key = str(reason)  # plain str keys (not the enum) keep the dict JSON-encodable by any encoder
+        self.resyncs[key] = self.resyncs.get(key, 0) + 1
 
     @property
     def resyncs_total(self) -> int:
