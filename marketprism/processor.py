@@ -72,6 +72,7 @@ class OrderBookProcessor:
         retry_after_s: float = 10.0,
         batch: int = 1000,
         stream: MarketDataStream | None = None,
+        from_start: bool = False,
     ):
         if top_n <= 0 or interval_s <= 0:
             raise ValueError("top_n and interval_s must be > 0")
@@ -83,6 +84,9 @@ class OrderBookProcessor:
         self.retry_after_s = retry_after_s
         self.batch = batch
         self.stream = stream or MarketDataStream()  # the same spec the collectors use (NatsConfig.stream())
+        # Normally the newest message (books come from snapshots, not history); from_start replays the stream
+        # (benchmarks, and rebuilding book_delta history from stored depth records).
+        self.deliver = DeliverPolicy.ALL if from_start else DeliverPolicy.NEW
         self.stats = ProcessorStats()
         self.books = SymbolBooks(on_delta=self._on_delta)
         self._rest_bases = dict(rest_bases or {})
@@ -102,7 +106,7 @@ class OrderBookProcessor:
         js = self.nc.jetstream()
         await ensure_stream(js, self.stream)  # the processor may start before any collector
         config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.NONE, filter_subjects=["md.depth.>", "md.status.>"]
+            deliver_policy=self.deliver, ack_policy=AckPolicy.NONE, filter_subjects=["md.depth.>", "md.status.>"]
         )
         sub = await js.pull_subscribe("", stream=self.stream.name, config=config)
         control = await self.nc.subscribe(control_subject(PROCESSOR, "*"), cb=self._control)
