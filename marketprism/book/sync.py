@@ -122,9 +122,8 @@ class ResyncRequest:
 
 @dataclass(slots=True)
 class SyncCounters:
-    """Per-symbol counts. Every update fed ends in exactly one of applied, dropped_before_bridge,
-    duplicates, keepalives, buffer_overflow, or is still buffered (the update that reveals a gap is
-    counted in the gap's result: buffered for Binance, dropped_before_bridge for OKX/Bybit)."""
+    """Per-symbol counts (``as_dict()`` for JSON). A buffered update is counted again when it is later
+    applied or dropped; an update that breaks the book (gap, checksum, crossed) is counted only there."""
 
     frames: int = 0  # depth records fed: updates and snapshots (stream or REST)
     applied: int = 0  # updates validated and applied
@@ -328,7 +327,7 @@ class BookSync:
 
     def _lose(self, reason: ResyncReason, depth: Depth | None = None) -> SyncResult:
         """The book is no longer valid: clear it, mark the loss in the delta stream, ask for a resync."""
-        had_book = self.has_book  # (a snapshot that fails its checks was not published: no book then)
+        had_book = self.has_book  # only a book that was valid needs a resync marker in the delta stream
         self.counters.count_resync(reason)
         self.resync_reason = reason
         self.book.clear()
@@ -461,6 +460,10 @@ class _BinanceSync(BookSync):
         last_update_id = snap.seq
         if last_update_id is None:
             return self._lose(ResyncReason.MALFORMED, snap)
+        if self.has_book and self.last_seq is not None and last_update_id <= self.last_seq:
+            # Not newer than the valid book (e.g. the late answer to an earlier request): keep the book.
+            self.counters.duplicates += 1
+            return SyncResult.DUPLICATE
         pending = self._buffer
         self._buffer = deque()
         self.wants = None
@@ -730,9 +733,15 @@ class SymbolBooks:
         self._requests.append(request)
 
     def take_requests(self) -> list[ResyncRequest]:
-        """The requests raised since the last call, oldest first."""
+        """The requests raised since the last call, one per book and action (with the latest reason), in the
+        order first raised, leaving out those already satisfied (e.g. a snapshot arrived in the meantime)."""
         requests, self._requests = self._requests, []
-        return requests
+        pending: dict[tuple[BookKey, ResyncAction], ResyncRequest] = {}  # one per book and action: the latest
+        for r in requests:
+            machine = self._books.get(r.key)
+            if machine is not None and machine.wants is r.action:
+                pending[(r.key, r.action)] = r
+        return list(pending.values())
 
     def wanting(self) -> list[BookSync]:
         """Books waiting for a snapshot or resubscription they asked for."""

@@ -204,7 +204,7 @@ class VerifyReport:
     rest_snapshots: int = 0  # REST depth snapshots applied
     rest_ignored: int = 0  # other REST bodies
     parse_errors: int = 0
-    unrecognised: int = 0  # frames of no known venue
+    skipped: int = 0  # frames of no known venue, or (judged by shape, without a URL) not depth frames
 
     @property
     def never_synced(self) -> list[str]:
@@ -230,7 +230,7 @@ class VerifyReport:
         return {
             "ok": self.ok, "files": self.files, "venues": sorted(self.venues), "input_frames": self.input_frames,
             "rest_snapshots": self.rest_snapshots, "rest_ignored": self.rest_ignored,
-            "parse_errors": self.parse_errors, "unrecognised": self.unrecognised, **totals,
+            "parse_errors": self.parse_errors, "skipped": self.skipped, **totals,
             "never_synced": self.never_synced, "symbols": symbols,
         }  # fmt: skip
 
@@ -271,7 +271,7 @@ class BookVerifier:
         self.report.input_frames += 1
         venue = self.venue or venue_for_url(item.url) or venue_for_frame(item.data)
         if venue is None:
-            self.report.unrecognised += 1
+            self.report.skipped += 1
             return
         parser = self._parsers.get(venue.name)
         if parser is None:
