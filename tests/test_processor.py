@@ -88,3 +88,46 @@ async def test_books_sync_resync_one_venue_on_faults_and_match_the_true_book(tmp
             await nc.close()
     assert books and processor.stats.deltas_published > 100
     assert all(float(b.bids[0][0]) < float(b.asks[0][0]) for b in books if b.bids and b.asks)  # never crossed
+
+
+async def test_failing_snapshots_keep_memory_bounded_and_recover(tmp_path: Path, nats_server) -> None:
+    """Binance REST answers 500 for a while: buffers stay capped (counted drops), then the retry syncs."""
+    cfg = SimConfig(mode="synthetic", venues=["binance_usdm"], symbols=["BTC-USDT"], rate=50.0,
+                    faults={"binance_usdm": Faults(rest_status=500)})  # fmt: skip
+    async with SimServer(cfg, host="127.0.0.1", port=0) as sim:
+        nc = await connect(nats_server.url)
+        stop = asyncio.Event()
+        collectors = asyncio.create_task(
+            run_collectors(
+                [CollectorSpec("binance_usdm", ("BTC-USDT",), (DataType.DEPTH,))],
+                nats_url=nats_server.url,
+                data_dir=tmp_path,
+                stop=stop,
+                session_config=FAST,
+                ws_bases={"binance_usdm": sim.ws_base("binance_usdm")},
+            )
+        )
+        publisher = JetStreamPublisher(nc).start()
+        processor = OrderBookProcessor(nc, publisher, rest_bases={"binance_usdm": sim.rest_base("binance_usdm")},
+                                       retry_after_s=1.0, stagger_s=0.01)  # fmt: skip
+        processor.books.buffer_limit = 20  # small, so the cap is reached within the test
+        run = asyncio.create_task(processor.run())
+        try:
+            key = ("binance", "perpetual", "BTC-USDT")
+
+            def counters() -> dict:
+                return processor.books.stats()["symbols"].get("binance:perpetual:BTC-USDT", {})
+
+            assert await wait_until(lambda: counters().get("buffer_overflow", 0) > 20, 20)
+            machine = processor.books[key]
+            assert machine.buffered <= 20  # bounded while no snapshot can be had
+            assert sim.truth()["venues"]["binance_usdm"]["rest_failures_injected"] >= 1  # the snapshot kept failing
+            sim.set_faults("binance_usdm", Faults())
+            assert await wait_until(lambda: counters().get("state") == "synced", 30)
+        finally:
+            processor.stop()
+            await asyncio.wait_for(run, 10)
+            stop.set()
+            await collectors
+            await publisher.close()
+            await nc.close()
