@@ -19,6 +19,12 @@ from tests.test_bus import stream_messages
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def final_report(out: str) -> dict:
+    """The JSON report `up` prints last (flow-run processes may still log a line after it)."""
+    report, _ = json.JSONDecoder().raw_decode(out[out.rindex('{\n  "flow_runs"') :])
+    return report
+
+
 def _trades_stored(url: str) -> int:
     async def count() -> int:
         nc = await connect(url)
@@ -62,7 +68,7 @@ def test_up_runs_the_stack_under_prefect_and_stops_cleanly_on_sigterm(
             os.killpg(proc.pid, signal.SIGKILL)  # `up` and the services it started
     assert proc.returncode == 0, out[-3000:]
     assert "MarketPrism is up: Prefect UI" in out
-    report = json.loads(out[out.rindex('{\n  "flow_runs"') :])
+    report = final_report(out)
     assert len(report["flow_runs"]) >= 3  # two collectors and the book processor
     assert set(report["flow_runs"].values()) <= {"COMPLETED", "CANCELLED"}, report["flow_runs"]
 
@@ -124,7 +130,7 @@ def test_up_embedded_defaults_start_their_own_prefect_server_and_bus(tmp_path: P
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # `up` and the services it started
     assert proc.returncode == 0, out[-3000:]
-    report = json.loads(out[out.rindex('{\n  "flow_runs"') :])
+    report = final_report(out)
     assert sorted(report["flow_runs"].values()) == ["COMPLETED", "COMPLETED"]  # the collector and the book processor
     assert report["venues"]["bybit_linear"]["records"] > 50
     assert (data / "prefect" / "prefect.db").exists() and (data / "nats" / "jetstream").is_dir()

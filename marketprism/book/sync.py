@@ -30,6 +30,9 @@ symbol invalidates its book. States (``SyncState``)::
 In ``RESYNC_NEEDED`` a Binance machine keeps buffering (the next REST snapshot is bridged with that
 buffer); OKX/Bybit machines drop updates until the new snapshot their resubscription brings. A resync
 never touches another symbol: each symbol has its own machine, and ``SymbolBooks`` routes records to them.
+After a disconnect an OKX/Bybit machine waits without asking (the collector's reconnect resubscribes,
+which brings a snapshot); updates that arrive with no snapshot before them (a processor joining
+mid-stream) ask for a resubscription once. A Binance REST snapshot not newer than a valid book is ignored.
 
 Outputs, for the order-book processor:
 
