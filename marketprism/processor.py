@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 from nats.aio.client import Client as NATS
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
 
 from marketprism.book.snapshots import binance_depth_snapshot
 from marketprism.book.sync import BookKey, ResyncAction, ResyncReason, ResyncRequest, SymbolBooks
@@ -105,10 +105,18 @@ class OrderBookProcessor:
     async def run(self) -> None:
         js = self.nc.jetstream()
         await ensure_stream(js, self.stream)  # the processor may start before any collector
-        config = ConsumerConfig(
-            deliver_policy=self.deliver, ack_policy=AckPolicy.NONE, filter_subjects=["md.depth.>", "md.status.>"]
-        )
-        sub = await js.pull_subscribe("", stream=self.stream.name, config=config)
+        # Ordered push consumers (flow-controlled, no acks): nats-py's pull fetch hands over about one message
+        # per call, with a task each, which capped the processor well below what the books can do.
+        subs = [
+            await js.subscribe(
+                subject,
+                cb=self._on_message,
+                stream=self.stream.name,
+                ordered_consumer=True,
+                deliver_policy=self.deliver,
+            )
+            for subject in ("md.depth.>", "md.status.>")
+        ]
         control = await self.nc.subscribe(control_subject(PROCESSOR, "*"), cb=self._control)
         workers = [
             asyncio.create_task(self._resyncs(), name="book-resyncs"),
@@ -116,22 +124,22 @@ class OrderBookProcessor:
         ]
         try:
             while not self._stop.is_set():
-                try:
-                    msgs = await sub.fetch(self.batch, timeout=0.2)
-                except TimeoutError:
-                    msgs = []
-                for msg in msgs:
-                    self._consume(msg.subject, msg.data)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 0.05)
                 self._route_requests()
         finally:
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             await control.unsubscribe()
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
             for client in self._rest.values():
                 await client.close()
+
+    async def _on_message(self, msg: Any) -> None:
+        self._consume(msg.subject, msg.data)
 
     def _consume(self, subject: str, data: bytes) -> None:
         self.stats.consumed += 1
