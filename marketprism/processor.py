@@ -1,7 +1,7 @@
 """The order-book processor: depth records from JetStream -> books kept in sync -> ``book``/``book_delta`` out.
 
-It reads ``md.depth.>`` and ``md.status.>`` from the market-data stream with an ephemeral pull consumer that
-starts at the newest message (a book is rebuilt from a snapshot, never from old deltas), feeds them to
+It reads ``md.depth.>`` and ``md.status.>`` from the market-data stream with ordered push consumers that
+start at the newest message (a book is rebuilt from a snapshot, never from old deltas), feeds them to
 ``SymbolBooks``, publishes every validated change as a ``book_delta`` record the moment it happens, and the
 top ``top_n`` levels of every changed book as a ``book`` record every ``interval_s``.
 
@@ -70,7 +70,6 @@ class OrderBookProcessor:
         interval_s: float = 0.1,
         stagger_s: float = 0.1,
         retry_after_s: float = 10.0,
-        batch: int = 1000,
         stream: MarketDataStream | None = None,
         from_start: bool = False,
     ):
@@ -82,7 +81,6 @@ class OrderBookProcessor:
         self.interval_s = interval_s
         self.stagger_s = stagger_s
         self.retry_after_s = retry_after_s
-        self.batch = batch
         self.stream = stream or MarketDataStream()  # the same spec the collectors use (NatsConfig.stream())
         # Normally the newest message (books come from snapshots, not history); from_start replays the stream
         # (benchmarks, and rebuilding book_delta history from stored depth records).
