@@ -41,17 +41,13 @@ from typing import Any, Protocol
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.fixtures import fixtures_root  # noqa: E402
 from marketprism.book.snapshots import binance_depth_snapshot  # noqa: E402
 from marketprism.book.sync import SymbolBooks  # noqa: E402
 from marketprism.records import Depth  # noqa: E402
 from marketprism.venues import VENUES  # noqa: E402
 
 RECV_TS = 1_723_161_300_000_000
-
-
-def fixtures_root() -> Path:
-    override = os.environ.get("MARKETPRISM_FIXTURES")
-    return (Path(override).expanduser() if override else REPO.parent / "shared" / "fixtures").resolve()
 
 
 @dataclass(frozen=True)

@@ -45,21 +45,15 @@ from typing import Any
 import msgspec
 import orjson
 
-from marketprism.venues import VENUES
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: make the bench package importable
+
+from bench.fixtures import FIX  # noqa: E402
+from marketprism.venues import VENUES  # noqa: E402
+
 BENCH_MD = REPO / "bench" / "BENCHMARKS.md"
 SECTION = "## Normalisation"
 RECV_TS = 1_723_161_300_000_000  # a fixed receive time for every implementation (µs; cryptofeed gets seconds)
-
-
-def fixtures_root() -> Path:
-    override = os.environ.get("MARKETPRISM_FIXTURES")
-    default = REPO.parent / "shared" / "fixtures"
-    return (Path(override).expanduser() if override else default).resolve()
-
-
-FIX = fixtures_root()
 
 
 def jsonl(rel: str) -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.fixtures import FIX
 from marketprism.bus.publisher import JetStreamPublisher, connect
 from marketprism.bus.server import LocalNatsServer
 from marketprism.bus.stream import MarketDataStream, ensure_stream
@@ -26,7 +27,6 @@ from marketprism.processor import OrderBookProcessor
 from marketprism.records import Depth
 from marketprism.venues import VENUES
 
-FIX = Path(os.environ.get("MARKETPRISM_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
 FILES = ["okx/books_BTC-USDT_2022-05-13.jsonl", "okx/books_UNI-USD-SWAP_2022-05-13.jsonl",
          "okx/books_BTC-USD-220527_2022-05-13.jsonl"]  # fmt: skip
 

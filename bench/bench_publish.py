@@ -11,17 +11,19 @@ import argparse
 import asyncio
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make the bench package importable
+
+from bench.fixtures import FIX
 from marketprism.bus.publisher import JetStreamPublisher, connect
 from marketprism.bus.server import LocalNatsServer
 from marketprism.bus.stream import MarketDataStream, ensure_stream
 from marketprism.records import Depth, Record, Trade
 from marketprism.venues import get_venue
-
-FIXTURES = Path(os.environ.get("MARKETPRISM_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
 
 
 def sample_records(kind: str, n: int) -> list[Record]:
@@ -30,7 +32,7 @@ def sample_records(kind: str, n: int) -> list[Record]:
         "depth": "binance/spot_depthUpdate_BTCUSDT_2024-08-08_first400.jsonl",
     }
     parser = get_venue("binance_spot").new_parser()
-    base = [r for line in (FIXTURES / files[kind]).read_text().splitlines() for r in parser.parse(line, 0)]
+    base = [r for line in (FIX / files[kind]).read_text().splitlines() for r in parser.parse(line, 0)]
     out: list[Record] = []
     for i in range(n):  # distinct natural keys: shift ids per copy
         r = base[i % len(base)]
