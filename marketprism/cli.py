@@ -23,12 +23,14 @@ from marketprism.config import ConfigError
 from marketprism.config_cli import config_app
 from marketprism.records import DataType
 from marketprism.runner import DEFAULT_SYMBOLS, CollectorSpec, RunReport, run_collectors
+from marketprism.store.cli import store_app
 from marketprism.stream.session import SessionConfig
 from marketprism.venues import VENUES, get_venue
 
 app = typer.Typer(help="MarketPrism: exact crypto market data into NATS JetStream.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(book_app, name="book")
+app.add_typer(store_app, name="store")
 console = Console()
 
 

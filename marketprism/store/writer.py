@@ -1,0 +1,284 @@
+"""The storage writer: every record on the bus into the hot store, exactly once.
+
+Reading: a durable JetStream push consumer (``ack_policy=all``, flow control) over ``md.>``. Durable means
+it resumes where its last ack left it, after a restart or a crash; on its first start it takes the whole
+stream (never "from the newest"). ``max_ack_pending`` bounds what the server sends ahead of the acks, so a
+slow store slows the bus consumer down (back-pressure) instead of filling memory.
+
+Batching: messages are kept until ``batch_rows`` or ``batch_seconds``, then grouped by data type, decoded
+in one pass per type (``TableSpec.frame``: polars' ndjson reader on the concatenated payloads) and handed
+to the store with the stream sequence of the batch's last message. The store commits rows and that
+position together (``HotStore.commit``); only then is the batch acked. After a crash, messages at or below
+the stored position are redelivered and skipped, so nothing is lost and nothing stored twice.
+
+Poison: a payload that does not decode as its subject's record type, or a subject with no record type, is
+published with its reason to the dead-letter stream (``mp.dlq.<original subject>``) before the batch
+commits; the rest of the batch is stored. Store errors are counted, logged and retried with a capped
+backoff, holding the batch (and, through ``max_ack_pending``, the consumer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+import polars as pl
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from marketprism.bus.stream import MarketDataStream, ensure_stream
+from marketprism.store.schema import TableSpec, table_spec
+
+log = logging.getLogger(__name__)
+
+DLQ_STREAM = "MARKET_DATA_DLQ"
+DLQ_PREFIX = "mp.dlq"
+
+
+class HotStore(Protocol):
+    backend: str
+
+    def position(self, consumer: str) -> int: ...
+
+    def commit(self, frames: Sequence[tuple[TableSpec, pl.DataFrame]], consumer: str, last_seq: int) -> int: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class WriterStats:
+    received: int = 0
+    redelivered_skipped: int = 0
+    stored: int = 0
+    duplicates: int = 0  # rows whose natural key was already stored (a replay outside the bus's window)
+    batches: int = 0
+    dead_lettered: int = 0
+    store_errors: int = 0
+    stored_by_table: Counter[str] = field(default_factory=Counter)
+    dead_by_reason: Counter[str] = field(default_factory=Counter)
+    last_commit_s: float = 0.0
+    position: int = 0
+
+
+@dataclass
+class _Msg:
+    seq: int
+    subject: str
+    data: bytes
+    key: str | None
+    raw: Any  # the nats Msg, kept for the ack
+
+
+def stream_seq(reply: str) -> int:
+    """The stream sequence from a JetStream ack subject (v1 ``$JS.ACK.<stream>.<consumer>.<n>.<sseq>...`` or
+    v2 with domain and account hash)."""
+    tokens = reply.split(".")
+    return int(tokens[5] if len(tokens) == 9 else tokens[7])
+
+
+class StorageWriter:
+    def __init__(
+        self,
+        nc: NATS,
+        store: HotStore,
+        *,
+        consumer: str = "storage_writer",
+        stream: MarketDataStream | None = None,
+        subject: str = "md.>",
+        batch_rows: int = 10_000,
+        batch_seconds: float = 1.0,
+        max_ack_pending: int | None = None,
+        retry_cap_s: float = 30.0,
+    ):
+        if batch_rows <= 0 or batch_seconds <= 0:
+            raise ValueError("batch_rows and batch_seconds must be > 0")
+        self.nc = nc
+        self.store = store
+        self.consumer = consumer
+        self.stream = stream or MarketDataStream()
+        self.subject = subject
+        self.batch_rows = batch_rows
+        self.batch_seconds = batch_seconds
+        self.max_ack_pending = max_ack_pending or max(4 * batch_rows, 20_000)
+        self.retry_cap_s = retry_cap_s
+        self.stats = WriterStats()
+        self._buf: list[_Msg] = []
+        self._first_at = 0.0
+        self._last_seen = 0
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        js = self.nc.jetstream()
+        await ensure_stream(js, self.stream)
+        await ensure_dlq(js)
+        self.stats.position = self._last_seen = await asyncio.to_thread(self.store.position, self.consumer)
+        sub = await js.subscribe(
+            self.subject,
+            durable=self.consumer,
+            stream=self.stream.name,
+            cb=self._on_message,
+            manual_ack=True,
+            pending_msgs_limit=2 * self.max_ack_pending + 1000,
+            pending_bytes_limit=-1,
+            config=ConsumerConfig(
+                durable_name=self.consumer,
+                deliver_subject=f"_mp.deliver.{self.consumer}",
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.ALL,
+                ack_wait=300.0,  # a slow store must not trigger redeliveries of what it holds
+                max_ack_pending=self.max_ack_pending,
+                flow_control=True,
+                idle_heartbeat=5.0,
+            ),
+        )
+        log.info("storage writer %s: %s from stream position %d", self.consumer, self.store.backend, self._last_seen)
+        try:
+            while not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._until_due())
+                self._wake.clear()
+                while self._buf and (len(self._buf) >= self.batch_rows or self._due()):
+                    await self._flush()
+            while self._buf:  # what is already here is stored before the writer goes
+                await self._flush()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()  # the durable consumer stays: the next run resumes from its acks
+
+    def _until_due(self) -> float:
+        if not self._buf:
+            return self.batch_seconds
+        return max(0.0, self._first_at + self.batch_seconds - time.monotonic())
+
+    def _due(self) -> bool:
+        return time.monotonic() >= self._first_at + self.batch_seconds
+
+    async def _on_message(self, msg: Any) -> None:
+        seq = stream_seq(msg.reply)
+        if seq <= self._last_seen:  # redelivered: already stored (position) or already held in the buffer
+            self.stats.redelivered_skipped += 1
+            if seq <= self.stats.position and not self._buf:
+                await msg.ack()  # acks the stored range the crash left unacked
+            return
+        self._last_seen = seq
+        self.stats.received += 1
+        if not self._buf:
+            self._first_at = time.monotonic()
+        headers = msg.headers
+        self._buf.append(_Msg(seq, msg.subject, msg.data, headers.get("Nats-Msg-Id") if headers else None, msg))
+        if len(self._buf) >= self.batch_rows:
+            self._wake.set()
+
+    async def _flush(self) -> None:
+        batch, self._buf = self._buf[: self.batch_rows], self._buf[self.batch_rows :]
+        self._first_at = time.monotonic()  # what is left is due one period from now at the latest
+        frames, dead = self._frames(batch)
+        if dead:
+            await self._dead_letter(dead)
+        last_seq = batch[-1].seq
+        delay = 0.5
+        while True:
+            t0 = time.perf_counter()
+            try:
+                inserted = await asyncio.to_thread(self.store.commit, frames, self.consumer, last_seq)
+                break
+            except Exception as exc:  # the store is down or full: hold the batch and try again
+                self.stats.store_errors += 1
+                log.error(
+                    "storage writer: commit of %d messages failed (%s); retrying in %.1fs", len(batch), exc, delay
+                )
+                if self._stop.is_set() and delay >= self.retry_cap_s:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_cap_s)
+        rows = sum(df.height for _, df in frames)
+        self.stats.last_commit_s = time.perf_counter() - t0
+        self.stats.batches += 1
+        self.stats.stored += inserted
+        self.stats.duplicates += rows - inserted
+        for spec, df in frames:
+            self.stats.stored_by_table[spec.table] += df.height
+        self.stats.position = last_seq
+        await batch[-1].raw.ack()  # ack_policy=all: acks the whole batch
+
+    def _frames(self, batch: list[_Msg]) -> tuple[list[tuple[TableSpec, pl.DataFrame]], list[tuple[_Msg, str]]]:
+        by_type: dict[str, list[_Msg]] = defaultdict(list)
+        dead: list[tuple[_Msg, str]] = []
+        for m in batch:
+            parts = m.subject.split(".", 2)
+            by_type[parts[1] if len(parts) > 2 else ""].append(m)
+        frames: list[tuple[TableSpec, pl.DataFrame]] = []
+        for data_type, msgs in by_type.items():
+            try:
+                spec = table_spec(data_type)
+            except KeyError as exc:
+                dead.extend((m, f"unknown data type: {exc}") for m in msgs)
+                continue
+            try:
+                df = spec.frame([m.data for m in msgs], [m.key or _key_of(spec, m.data) for m in msgs])
+            except Exception:  # some payload does not fit: find which, one by one
+                good: list[_Msg] = []
+                for m in msgs:
+                    try:
+                        spec.validate(m.data)
+                        good.append(m)
+                    except (msgspec.DecodeError, ValueError) as exc:
+                        dead.append((m, f"{type(exc).__name__}: {exc}"))
+                if not good:
+                    continue
+                try:
+                    df = spec.frame([m.data for m in good], [m.key or _key_of(spec, m.data) for m in good])
+                except Exception as exc:  # valid records the frame still rejects: dead-letter them, never block
+                    dead.extend((m, f"{type(exc).__name__}: {exc}") for m in good)
+                    continue
+            frames.append((spec, df))
+        return frames, dead
+
+    async def _dead_letter(self, dead: list[tuple[_Msg, str]]) -> None:
+        js = self.nc.jetstream()
+        for m, reason in dead:
+            headers = {
+                "Nats-Msg-Id": f"dlq:{self.stream.name}:{m.seq}",
+                "MP-Reason": reason[:1000],
+                "MP-Subject": m.subject,
+                "MP-Stream-Seq": str(m.seq),
+            }
+            await js.publish(f"{DLQ_PREFIX}.{m.subject}", m.data, headers=headers, stream=DLQ_STREAM)
+            self.stats.dead_lettered += 1
+            self.stats.dead_by_reason[reason.split(":", 1)[0]] += 1
+            log.warning("storage writer: dead-lettered %s seq %d: %s", m.subject, m.seq, reason)
+
+
+def _key_of(spec: TableSpec, payload: bytes) -> str:
+    """A message without ``Nats-Msg-Id`` (another publisher): the key from the record itself."""
+    return spec.validate(payload).natural_key()
+
+
+async def ensure_dlq(js: JetStreamContext) -> None:
+    try:
+        await js.stream_info(DLQ_STREAM)
+    except NotFoundError:
+        await js.add_stream(
+            StreamConfig(
+                name=DLQ_STREAM,
+                subjects=[f"{DLQ_PREFIX}.>"],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                max_age=30 * 24 * 3600.0,
+                duplicate_window=120.0,
+            )
+        )
