@@ -1,15 +1,18 @@
 """Prometheus metrics, one scrape endpoint per host, and the error counters of the taxonomy.
 
 Naming: ``marketprism_<subsystem>_<name>_<unit>``, counters end in ``_total``. Subsystems: ``collector``
-(WebSocket sessions) and ``bus`` (the JetStream publisher); ``marketprism_errors_total`` is shared by every
-component (labels ``component``, ``kind``, ``code`` from ``marketprism.errors``). Labels are ``exchange``,
-``market``, ``data_type`` where meaningful, plus small closed sets (``code``, ``reason``, ``clock``); never
-``symbol`` (its cardinality is unbounded on per-record counters).
+(WebSocket sessions), ``bus`` (the JetStream publisher) and ``processor`` (the order-book processor);
+``marketprism_errors_total`` is shared by every component (labels ``component``, ``kind``, ``code`` from
+``marketprism.errors``). Labels are ``exchange``, ``market``, ``data_type`` where meaningful, plus small
+closed sets (``code``, ``reason``, ``clock``, ``result``); never ``symbol`` (its cardinality is unbounded on
+per-record counters).
 
 Hot path: a session never touches Prometheus per frame. ``CollectorMetrics`` accumulates plain ints and
 pushes them at most once per ``flush_every_s`` (and when the session's watchdog ticks or it stops); the
-publisher syncs its counters once per publishing loop. A Prometheus update costs ~0.4 µs in-process and
-~0.7 µs in multiprocess mode (an mmap write under a lock), which per frame would rival parsing.
+publisher syncs its counters once per publishing loop; the order-book processor syncs its totals (its own
+``ProcessorStats`` and the books' ``SyncCounters``) once per ``metrics_interval_s``. A Prometheus update
+costs ~0.4 µs in-process and ~0.7 µs in multiprocess mode (an mmap write under a lock), which per frame
+would rival parsing.
 
 Multiprocess mode (one endpoint covering every flow process of a host):
   * Every process the platform starts gets ``PROMETHEUS_MULTIPROC_DIR`` (``data/metrics/``) in its
@@ -21,10 +24,10 @@ Multiprocess mode (one endpoint covering every flow process of a host):
   * Each process writes its values to ``<dir>/<type>_<pid>.db``; ``start_metrics_server`` (in one process
     per host) merges them with ``MultiProcessCollector``: counters are summed over processes, dead ones
     included (totals never go backwards when a flow run restarts), gauges use their ``multiprocess_mode``:
-    ``livesum`` for connections, buffered and in-flight (only live processes count; the files of dead
+    ``livesum`` for connections, buffered, in-flight and books (only live processes count; the files of dead
     processes are removed at every scrape, and ``mark_process_dead(pid)`` does it at once), ``max`` for
     last-frame/last-record timestamps (the newest over all processes, dead ones included, so a feed whose
-    collector died turns stale instead of vanishing).
+    collector died turns stale instead of vanishing), ``livemax`` for the processor's lag.
   * ``clear_multiproc_dir(path)`` gives a fresh start: call it once at platform start, before starting
     the flow processes.
   * Without the variable, the process's own default registry is served.
@@ -126,6 +129,45 @@ IN_FLIGHT = Gauge(
     "marketprism_bus_in_flight_records", "Publishes sent and waiting for their ack", multiprocess_mode="livesum"
 )
 
+# --- order-book processor -------------------------------------------------------------------------
+BOOKS = Gauge(
+    "marketprism_processor_tracked_books", "Order books kept, in any state", VENUE, multiprocess_mode="livesum"
+)
+BOOKS_SYNCED = Gauge(
+    "marketprism_processor_synced_books", "Order books in sync (valid, publishing)", VENUE, multiprocess_mode="livesum"
+)
+RESYNCS = Counter(
+    "marketprism_processor_resyncs_total",
+    "Books lost and resynced, by reason: gap, checksum, crossed, disconnect, reset, stale_snapshot, no_snapshot, ...",
+    (*VENUE, "reason"),
+)
+CHECKSUMS = Counter(
+    "marketprism_processor_checksums_total", "Venue checksums verified against the local book: ok, failed",
+    (*VENUE, "result"),
+)  # fmt: skip
+SNAPSHOT_REQUESTS = Counter(
+    "marketprism_processor_snapshot_requests_total", "REST depth snapshots requested: ok, failed", (*VENUE, "result")
+)
+RESUBSCRIBE_REQUESTS = Counter(
+    "marketprism_processor_resubscribe_requests_total",
+    "Depth resubscriptions asked of the collector (control plane) to resync books",
+    VENUE,
+)
+DEPTH_CONSUMED = Counter(
+    "marketprism_processor_depth_records_total", "Depth records consumed from the bus and fed to the books", VENUE
+)
+DECODE_ERRORS = Counter(
+    "marketprism_processor_decode_errors_total", "Messages the processor could not decode or apply (skipped)"
+)
+BOOK_RECORDS = Counter(
+    "marketprism_processor_records_total", "Records handed to the bus: book, book_delta", ["data_type"]
+)
+LAG = Gauge(
+    "marketprism_processor_lag_seconds",
+    "Receive time of the newest depth or status record consumed vs now",
+    multiprocess_mode="livemax",
+)
+
 # --- every component -------------------------------------------------------------------------------
 ERRORS = Counter(
     "marketprism_errors_total",
@@ -139,7 +181,8 @@ LAST_RECORD_AGE = "marketprism_collector_last_record_age_seconds"
 
 ALL: tuple[Counter | Gauge, ...] = (
     FRAMES, FRAME_BYTES, RECORDS, PARSE_ERRORS, RECONNECTS, CONNECTED, LAST_FRAME, LAST_RECORD,
-    PUBLISHED, DUPLICATES, DROPPED, RETRIES, BUFFERED, IN_FLIGHT, ERRORS,
+    PUBLISHED, DUPLICATES, DROPPED, RETRIES, BUFFERED, IN_FLIGHT, BOOKS, BOOKS_SYNCED, RESYNCS, CHECKSUMS,
+    SNAPSHOT_REQUESTS, RESUBSCRIBE_REQUESTS, DEPTH_CONSUMED, DECODE_ERRORS, BOOK_RECORDS, LAG, ERRORS,
 )  # fmt: skip
 
 
@@ -308,6 +351,82 @@ class PublisherMetrics:
             self._sync_drops()
         BUFFERED.set(buffered)
         IN_FLIGHT.set(in_flight)
+
+
+class _Totals:
+    """Pushes cumulative totals to a labelled counter as increments (a total that went down, e.g. a book
+    forgotten, only moves the baseline: counters never go backwards)."""
+
+    __slots__ = ("counter", "synced")
+
+    def __init__(self, counter: Counter):
+        self.counter = counter
+        self.synced: dict[Any, int] = {}
+
+    def sync(self, totals: Mapping[Any, int]) -> None:
+        """``totals``: label values (a tuple, in the counter's label order) -> total since the start."""
+        synced = self.synced
+        for labels, total in totals.items():
+            step = total - synced.get(labels, 0)
+            if step > 0:
+                self.counter.labels(*labels).inc(step)
+            if step:
+                synced[labels] = total
+
+
+class ProcessorMetrics:
+    """The order-book processor's metrics, synced from its cumulative totals (cheap: once per interval).
+
+    ``sync`` takes totals since the processor started, keyed by label values (``(exchange, market)``,
+    plus ``reason`` or ``result`` where the metric has one) and turns them into counter increments.
+    ``close`` zeroes the book gauges this processor set (a stopped processor keeps no book in sync).
+    """
+
+    component = "processor"
+
+    def __init__(self) -> None:
+        self._resyncs = _Totals(RESYNCS)
+        self._checksums = _Totals(CHECKSUMS)
+        self._snapshots = _Totals(SNAPSHOT_REQUESTS)
+        self._resubscribes = _Totals(RESUBSCRIBE_REQUESTS)
+        self._depth = _Totals(DEPTH_CONSUMED)
+        self._records = _Totals(BOOK_RECORDS)
+        self._decode_errors = 0
+        self._venues: set[tuple[str, str]] = set()
+
+    def sync(
+        self,
+        *,
+        books: Mapping[tuple[str, str], int],
+        synced: Mapping[tuple[str, str], int],
+        resyncs: Mapping[tuple[str, str, str], int],
+        checksums: Mapping[tuple[str, str, str], int],
+        snapshot_requests: Mapping[tuple[str, str, str], int],
+        resubscribe_requests: Mapping[tuple[str, str], int],
+        depth_records: Mapping[tuple[str, str], int],
+        records: Mapping[str, int],
+        decode_errors: int,
+        lag_s: float,
+    ) -> None:
+        for venue in self._venues | set(books):
+            BOOKS.labels(*venue).set(books.get(venue, 0))
+            BOOKS_SYNCED.labels(*venue).set(synced.get(venue, 0))
+        self._venues |= set(books)
+        self._resyncs.sync(resyncs)
+        self._checksums.sync(checksums)
+        self._snapshots.sync(snapshot_requests)
+        self._resubscribes.sync(resubscribe_requests)
+        self._depth.sync(depth_records)
+        self._records.sync({(data_type,): n for data_type, n in records.items()})
+        if decode_errors > self._decode_errors:
+            DECODE_ERRORS.inc(decode_errors - self._decode_errors)
+            self._decode_errors = decode_errors
+        LAG.set(lag_s)
+
+    def close(self) -> None:
+        for venue in self._venues:
+            BOOKS.labels(*venue).set(0)
+            BOOKS_SYNCED.labels(*venue).set(0)
 
 
 # --- multiprocess directory ----------------------------------------------------------------------------

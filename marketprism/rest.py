@@ -1,10 +1,11 @@
 """REST requests that never get the IP banned: weight budgets, Retry-After, 418, capped backoff, counted.
 
 One ``RestClient`` per venue and host. Before each request it takes the request's weight from a budget that
-refills continuously up to the venue's per-minute limit (kept below the documented maximum), so a storm of
-order-book resyncs is spread out instead of bursting. A 429 or 418 answer stops *every* request to that venue
-until the time the venue gave (``Retry-After``; a 418 without one waits the longest backoff), other errors and
-timeouts back off exponentially with a cap. Every request, answer status, wait and retry is counted.
+never lets more than the venue's per-minute limit (kept below the documented maximum) through in any 60 s
+window, so a storm of order-book resyncs is spread out instead of bursting. A 429 or 418 answer stops *every*
+request to that venue until the time the venue gave (``Retry-After``; a 418 without one waits the longest
+backoff), other errors and timeouts back off exponentially with a cap. Every request, answer status, wait and
+retry is counted.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import asyncio
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,23 +48,36 @@ class RestStats:
 
 
 class WeightBudget:
-    """Token bucket in request weight, refilled continuously at ``per_minute / 60`` per second."""
+    """Request weight over a sliding 60 s window, never above ``per_minute`` in any window.
 
-    def __init__(self, per_minute: int):
-        self.capacity = float(per_minute)
-        self.tokens = float(per_minute)
-        self.rate = per_minute / 60.0
-        self.updated = time.monotonic()
+    A token bucket that starts full and refills continuously lets up to twice its size through in one
+    minute; venues count weight per minute, so the budget keeps the log of what it spent instead.
+    """
+
+    WINDOW_S = 60.0
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic):
+        self.capacity = per_minute
+        self.clock = clock
+        self.spent: deque[tuple[float, int]] = deque()  # (when, weight), oldest first
+        self.in_window = 0
 
     def delay_for(self, weight: int) -> float:
-        """Take ``weight`` now if available (returns 0), else say how long until it will be."""
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= weight:
-            self.tokens -= weight
+        """Take ``weight`` now if the last minute allows it (returns 0), else say how long until it will."""
+        now = self.clock()
+        while self.spent and self.spent[0][0] <= now - self.WINDOW_S:
+            self.in_window -= self.spent.popleft()[1]
+        if self.in_window + weight <= self.capacity:
+            self.spent.append((now, weight))
+            self.in_window += weight
             return 0.0
-        return (weight - self.tokens) / self.rate
+        # Wait until enough of the oldest spending leaves the window.
+        need = self.in_window + weight - self.capacity
+        for when, w in self.spent:
+            need -= w
+            if need <= 0:
+                return max(1e-3, when + self.WINDOW_S - now)
+        return self.WINDOW_S  # heavier than the whole budget: the caller's weight is misconfigured
 
 
 class RestClient:
@@ -108,6 +123,16 @@ class RestClient:
 
     async def get_json(self, path: str, params: dict[str, Any] | None = None, weight: int = 1) -> Any:
         """GET ``path`` and decode its JSON body, within the budget and retrying what can be retried."""
+        body = await self.get(path, params, weight)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            self.stats.failures += 1
+            raise RestError(self.base_url + path, 200, f"body is not JSON: {body[:120]!r}") from None
+
+    async def get(self, path: str, params: dict[str, Any] | None = None, weight: int = 1) -> bytes:
+        """GET ``path``: the body of a 2xx answer exactly as received, within the budget and retrying what can be
+        retried."""
         url = self.base_url + path
         last = ""
         for attempt in range(self.limits.max_attempts):
@@ -125,11 +150,7 @@ class RestClient:
                     last = f"{type(exc).__name__}: {exc}"
             self.stats.by_status[status] += 1
             if 200 <= status < 300:
-                try:
-                    return orjson.loads(body)
-                except orjson.JSONDecodeError:
-                    self.stats.failures += 1
-                    raise RestError(url, status, f"body is not JSON: {body[:120]!r}") from None
+                return body
             if status in (429, 418):
                 self._pause(status, retry_after)
             elif status and status < 500:  # 4xx other than rate limits: retrying cannot help

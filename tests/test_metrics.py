@@ -37,8 +37,8 @@ from tests.test_bus import trade
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = SessionConfig(stall_timeout_s=3.0, backoff_initial_s=0.05, backoff_max_s=0.5, open_timeout_s=3.0)
-NAME = re.compile(r"^marketprism_(collector|bus)_[a-z0-9_]+_(total|seconds|bytes|records|connections)$")
-LABELS = {"exchange", "market", "data_type", "code", "kind", "component", "reason", "clock"}
+NAME = re.compile(r"^marketprism_(collector|bus|processor)_[a-z0-9_]+_(total|seconds|bytes|records|connections|books)$")
+LABELS = {"exchange", "market", "data_type", "code", "kind", "component", "reason", "clock", "result"}
 
 
 async def wait_until(predicate, timeout_s: float, step: float = 0.05) -> bool:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from marketprism.rest import RestClient, RestError
+from marketprism.rest import RestClient, RestError, WeightBudget
 from marketprism.sim import Faults, SimConfig, SimServer
 from marketprism.venues import VENUES
 from marketprism.venues.base import RestLimits
@@ -65,17 +65,34 @@ async def test_server_errors_back_off_with_a_cap_then_succeed_and_bad_requests_f
 
 
 async def test_a_storm_of_snapshot_requests_stays_within_the_weight_budget() -> None:
-    """60 snapshot requests at once against a 600 weight/min budget (weight 10 each): the first 60 fit; the
-    rest wait for the budget to refill (10 weight/s), so the venue never sees more than it allows."""
+    """63 snapshot requests at once against a 600 weight/min budget (weight 10 each): 60 go out, the other 3
+    wait until the first ones leave the 60 s window, so the venue never sees more than it allows in a minute."""
     limits = dataclasses.replace(FAST, weight_per_minute=600, max_concurrent=8)
     async with sim("binance_spot") as s, RestClient(s.rest_base("binance_spot"), limits) as client:
-        t0 = time.monotonic()
-        bodies = await asyncio.gather(
-            *(client.get_json("/api/v3/depth", {"symbol": "BTCUSDT", "limit": "100"}, 10) for _ in range(63))
-        )
-        elapsed = time.monotonic() - t0
+        calls = [
+            asyncio.ensure_future(client.get_json("/api/v3/depth", {"symbol": "BTCUSDT", "limit": "100"}, 10))
+            for _ in range(63)
+        ]
+        done, pending = await asyncio.wait(calls, timeout=4.0)
         truth = s.truth()["venues"]["binance_spot"]
-    assert all("lastUpdateId" in b for b in bodies)
-    assert truth["rest_requests"] == 63 and client.stats.by_status == {200: 63}
-    assert elapsed >= 2.5  # 3 requests beyond the burst, 1 s of refill each
-    assert client.stats.weight_used == 630 and client.stats.waited_s > 0
+        for call in pending:
+            call.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    assert len(done) == 60 and len(pending) == 3
+    assert all("lastUpdateId" in c.result() for c in done)
+    assert truth["rest_requests"] == 60 and client.stats.by_status == {200: 60}
+    assert client.stats.weight_used == 600
+
+
+def test_the_weight_budget_never_exceeds_its_limit_in_any_minute() -> None:
+    now = [0.0]
+    budget = WeightBudget(100, clock=lambda: now[0])
+    sent: list[tuple[float, int]] = []
+    for step in range(3000):  # a caller that asks every 0.1 s and waits as told
+        now[0] = step * 0.1
+        if budget.delay_for(7) == 0.0:
+            sent.append((now[0], 7))
+    assert sum(w for _, w in sent) >= 100 * 4  # it did send: ~5 minutes of budget
+    for t0, _ in sent:
+        assert sum(w for t, w in sent if t0 <= t < t0 + 60.0) <= 100
+    assert WeightBudget(10, clock=lambda: 0.0).delay_for(11) == 60.0  # heavier than the budget: wait a window

@@ -7,10 +7,20 @@ Binance spot ``GET /api/v3/depth``: ``{"lastUpdateId": L, "bids": [[px, qty]...]
 Binance USDⓈ-M ``GET /fapi/v1/depth``: the same plus ``E`` (message time) and ``T`` (transaction time), ms.
 The snapshot's ``seq`` is ``lastUpdateId``; its ``ts`` is ``E`` when present, else the receive time
 (spot bodies carry no time at all).
+
+Bybit v5 ``GET /v5/market/orderbook``: ``{"retCode": 0, "result": {"s", "b": [[px, sz]...], "a", "ts", "u",
+"seq"}}`` (ms). The snapshot has the same fields as the stream's own ``orderbook.N`` snapshot
+(``marketprism.venues.bybit``): ``seq`` is ``u`` (the update id the stream's deltas continue with
+``u + 1``), ``cross_seq`` the cross sequence ``seq``, ``ts`` is ``result.ts``. A ``retCode`` other than 0
+is not a snapshot.
+
+``REST_SNAPSHOTS`` maps an exchange to its body parser: the order-book processor resyncs the books of
+these exchanges by REST (the others by asking the collector to resubscribe).
 """
 
 from __future__ import annotations
 
+from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
@@ -48,6 +58,56 @@ def binance_depth_snapshot(
         instrument=instrument.upper(), ts=snap.E * 1000 if snap.E else recv_ts, recv_ts=recv_ts,
         is_snapshot=True, bids=snap.bids, asks=snap.asks, seq=snap.lastUpdateId,
     )  # fmt: skip
+
+
+class _BybitBook(msgspec.Struct, gc=False):
+    s: str
+    b: msgspec.Raw
+    a: msgspec.Raw
+    u: int
+    ts: int | None = None
+    seq: int | None = None
+
+
+class _BybitBody(msgspec.Struct, gc=False):
+    retCode: int
+    retMsg: str = ""
+    result: msgspec.Raw = msgspec.Raw(b"")
+
+
+_bybit_body = msgspec.json.Decoder(_BybitBody)
+_bybit_book = msgspec.json.Decoder(_BybitBook)
+
+
+def bybit_orderbook_snapshot(
+    body: str | bytes, *, market: str, instrument: str, recv_ts: int, symbol: str | None = None
+) -> Depth:
+    """A Bybit v5 ``/v5/market/orderbook`` body as a snapshot ``Depth``, shaped like the stream's snapshot."""
+    try:
+        envelope = _bybit_body.decode(body)
+        if envelope.retCode != 0:
+            raise SnapshotError(f"Bybit orderbook request failed: retCode {envelope.retCode} {envelope.retMsg!r}")
+        book = _bybit_book.decode(envelope.result)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise SnapshotError(f"not a Bybit orderbook body ({exc})") from None
+    return Depth(
+        exchange=Exchange.BYBIT.value, market=market, symbol=symbol or split_concatenated(book.s or instrument),
+        instrument=book.s or instrument, ts=book.ts * 1000 if book.ts else recv_ts, recv_ts=recv_ts,
+        is_snapshot=True, bids=book.b, asks=book.a, seq=book.u, cross_seq=book.seq,
+    )  # fmt: skip
+
+
+class SnapshotParser(Protocol):
+    def __call__(
+        self, body: str | bytes, *, market: str, instrument: str, recv_ts: int, symbol: str | None = None
+    ) -> Depth: ...
+
+
+# exchange -> parser of its REST depth snapshot body (books of these exchanges resync by REST)
+REST_SNAPSHOTS: dict[str, SnapshotParser] = {
+    Exchange.BINANCE.value: binance_depth_snapshot,
+    Exchange.BYBIT.value: bybit_orderbook_snapshot,
+}
 
 
 def is_binance_depth_body(body: str | bytes) -> bool:

@@ -192,9 +192,10 @@ BYBIT_LINEAR = Venue(
     unsubscribe_messages=lambda subs, first_id: _requests("unsubscribe", subs, first_id),
     new_parser=lambda symbols=None: BybitParser("bybit_linear", Market.PERPETUAL, symbols),
     depth_levels=BYBIT_DEPTH_LEVELS,
-    # 600 requests per 5 s per IP. Books resync by resubscribing (the stream sends a snapshot).
+    # 600 requests per 5 s per IP. Books resync by a REST snapshot (body: book.snapshots.bybit_orderbook_snapshot)
+    # of the stream's own depth, so the levels it holds are the ones the stream's deltas maintain.
     rest_limits=RestLimits(weight_per_minute=3000),
     snapshot_request=lambda instrument: SnapshotRequest(
-        REST_ORDERBOOK_PATH, {"category": "linear", "symbol": instrument, "limit": "200"}, 1
+        REST_ORDERBOOK_PATH, {"category": "linear", "symbol": instrument, "limit": str(BYBIT_DEPTH_LEVELS)}, 1
     ),
 )
