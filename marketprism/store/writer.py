@@ -1,9 +1,10 @@
 """The storage writer: every record on the bus into the hot store, exactly once.
 
-Reading: a durable JetStream push consumer (``ack_policy=all``, flow control) over ``md.>``. Durable means
-it resumes where its last ack left it, after a restart or a crash; on its first start it takes the whole
-stream (never "from the newest"). ``max_ack_pending`` bounds what the server sends ahead of the acks, so a
-slow store slows the bus consumer down (back-pressure) instead of filling memory.
+Reading: a durable JetStream push consumer (``ack_policy=all``, flow control) over ``md.>``. Each start
+(re)creates it at the message right after the position committed in the store, so a restart or a crash
+resumes exactly where the stored data ends; on its first start it takes the whole stream (never "from the
+newest"). Acks (after each commit) let the server track progress; ``max_ack_pending`` bounds what it sends
+ahead of them, so a slow store slows the bus consumer down (back-pressure) instead of filling memory.
 
 Batching: messages are kept until ``batch_rows`` or ``batch_seconds``, then grouped by data type, decoded
 in one pass per type (``TableSpec.frame``: polars' ndjson reader on the concatenated payloads) and handed
@@ -126,6 +127,14 @@ class StorageWriter:
         await ensure_stream(js, self.stream)
         await ensure_dlq(js)
         self.stats.position = self._last_seen = await asyncio.to_thread(self.store.position, self.consumer)
+        # The store's position is the truth; the consumer is only a cursor. It is recreated to start right after
+        # that position: a consumer kept from a crashed run would send new messages first and redeliver the
+        # unacked ones only after ack_wait, and an ack-all of the new ones would ack the lost ones too.
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(self.stream.name, self.consumer)
+        start = {"deliver_policy": DeliverPolicy.ALL}
+        if self._last_seen:
+            start = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": self._last_seen + 1}
         sub = await js.subscribe(
             self.subject,
             durable=self.consumer,
@@ -137,7 +146,7 @@ class StorageWriter:
             config=ConsumerConfig(
                 durable_name=self.consumer,
                 deliver_subject=f"_mp.deliver.{self.consumer}",
-                deliver_policy=DeliverPolicy.ALL,
+                **start,
                 ack_policy=AckPolicy.ALL,
                 ack_wait=300.0,  # a slow store must not trigger redeliveries of what it holds
                 max_ack_pending=self.max_ack_pending,
