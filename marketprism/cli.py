@@ -104,6 +104,8 @@ def _report_json(report: RunReport) -> dict[str, Any]:
             c.venue: {
                 "frames": c.frames, "records": c.records, "parse_errors": c.parse_errors,
                 "reconnects": c.reconnects, "stalls": c.stalls, "by_type": dict(c.records_by_type),
+                **({"snapshots_recorded": c.snapshots_recorded, "snapshot_failures": c.snapshot_failures}
+                   if c.snapshots_recorded or c.snapshot_failures else {}),
             }
             for c in report.collectors
         },
@@ -122,14 +124,25 @@ def collect(
     symbols: Annotated[str, typer.Option(help="comma list, e.g. BTC-USDT,ETH-USDT")] = ",".join(DEFAULT_SYMBOLS),
     types: Annotated[str | None, typer.Option(help="comma list of data types (default: all)")] = None,
     source: SourceOpt = "live",
-    record: Annotated[Path | None, typer.Option(help="write every received frame to this capture file")] = None,
+    record: Annotated[
+        Path | None,
+        typer.Option(
+            help="write every received frame, the status records and a REST depth snapshot per "
+            "(re)subscription to this capture file (verifiable alone: marketprism book verify)"
+        ),
+    ] = None,
     duration: DurationOpt = None,
     nats_url: NatsOpt = None,
     data_dir: DataDirOpt = Path("data"),
     stall_timeout: Annotated[float, typer.Option(help="seconds without a frame before reconnecting")] = 30.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Collect one venue into JetStream."""
+    """Collect one venue into JetStream.
+
+    With ``--record`` the capture holds what ``marketprism book verify`` needs on its own: for venues whose
+    books sync from REST snapshots, the collector fetches one per depth stream after each (re)subscription
+    (from the simulator with ``--source sim``); without it the collector sends no REST request.
+    """
     _logging(verbose)
     _check_source(source)
     try:

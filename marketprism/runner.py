@@ -98,6 +98,12 @@ async def open_sim(specs: Sequence[CollectorSpec], **sim_options: Any) -> AsyncI
         yield sim
 
 
+def _rest_base_of(ws_base: str) -> str:
+    """The REST base at a WebSocket base's host (a simulator serves both under one ``/<venue>`` prefix)."""
+    scheme, sep, rest = ws_base.partition("://")
+    return {"ws": "http", "wss": "https"}.get(scheme, scheme) + sep + rest
+
+
 async def run_collectors(
     specs: Sequence[CollectorSpec],
     *,
@@ -113,11 +119,16 @@ async def run_collectors(
     on_tick: Callable[[list[Collector], JetStreamPublisher], None] | None = None,
     sim_options: dict[str, Any] | None = None,
     ws_bases: dict[str, str] | None = None,
+    rest_bases: dict[str, str] | None = None,
     on_start: Callable[[list[Collector]], None] | None = None,
 ) -> RunReport:
     """Collect ``specs`` into JetStream until ``stop`` is set or ``duration_s`` has passed.
 
-    ``ws_bases`` overrides a venue's WebSocket base URL (e.g. a simulator started elsewhere). ``on_start``
+    ``ws_bases`` overrides a venue's WebSocket base URL (e.g. a simulator started elsewhere), ``rest_bases``
+    its REST base (used only with ``record``: the collector then fetches depth snapshots into the capture). A
+    venue whose WebSocket base is overridden and REST base is not gets its REST base from the same host
+    (``ws://`` -> ``http://``, ``wss://`` -> ``https://``), as the simulator serves both: a capture never pairs
+    one server's stream with another's snapshots. ``on_start``
     receives the running collectors (e.g. to hot-reload their symbols). Each collector also answers on the
     control plane (``marketprism.control``): status, symbols, stop.
     """
@@ -131,13 +142,16 @@ async def run_collectors(
         bus = await stack.enter_async_context(open_bus(nats_url, data_dir, stream, nats_options))
         report.nats_url = bus.url
         bases = dict(ws_bases or {})
+        rests = {name: _rest_base_of(base) for name, base in bases.items()} | dict(rest_bases or {})
         if source == "sim":
             sim = await stack.enter_async_context(open_sim(specs, **(sim_options or {})))
             bases.update({s.venue: sim.ws_base(s.venue) for s in specs})
+            rests.update({s.venue: sim.rest_base(s.venue) for s in specs})
         capture = stack.enter_context(CaptureWriter(record)) if record else None
         collectors = [
             Collector(venue, spec.symbols, bus.publisher.submit, data_types=spec.data_types,
-                      ws_base=bases.get(venue.name), config=session_config, capture=capture)
+                      ws_base=bases.get(venue.name), config=session_config, capture=capture,
+                      rest_base=rests.get(venue.name))
             for venue, spec in zip(venues, specs, strict=True)
         ]  # fmt: skip
         tasks = [asyncio.create_task(c.run(), name=f"collector-{c.venue.name}") for c in collectors]

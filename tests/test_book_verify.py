@@ -9,13 +9,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from typer.testing import CliRunner
 
-from marketprism.book.verify import read_recording, venue_for_frame, venue_for_url
+from marketprism.book.verify import venue_for_frame, venue_for_url
 from marketprism.cli import app
-from marketprism.stream.capture import CaptureWriter
+from marketprism.records import Status
+from marketprism.stream.capture import CaptureWriter, read_recording
 from tests.fixtures_util import FIXTURES, fixture_path, jsonl_frames, raw_ws_lines, requires_fixtures
 from tests.test_book_sync import cryptofeed_rest
 
@@ -196,6 +198,45 @@ def test_bad_arguments(tmp_path):
     code, out = verify(tmp_path / "empty.jsonl")
     assert code == 1 and out["frames"] == 0
     assert "verify" in runner.invoke(app, ["book", "--help"]).output
+
+
+def spot_depth(first: int, last: int, bid: str = "100.0") -> str:
+    data = {
+        "e": "depthUpdate",
+        "E": last,
+        "s": "BTCUSDT",
+        "U": first,
+        "u": last,
+        "b": [[bid, "1"]],
+        "a": [["101.0", "2"]],
+    }
+    return orjson.dumps({"stream": "btcusdt@depth@100ms", "data": data}).decode()
+
+
+def test_status_lines_explain_a_reconnect_and_a_later_snapshot_resyncs(tmp_path):
+    """A collector's capture: deltas buffered before the REST snapshot, a disconnect (status line), the next
+    connection's deltas starting past a break, and the snapshot fetched after resubscribing."""
+    ws, rest = "ws://127.0.0.1:1/binance_spot/stream", "http://127.0.0.1:1/binance_spot/api/v3/depth?symbol=BTCUSDT"
+    status = Status(exchange="binance", market="spot", symbol="BTC-USDT", instrument="BTCUSDT", ts=5, recv_ts=5,
+                    event="disconnected", connection="binance_spot/0#1@5", reason="closed: 1001")  # fmt: skip
+    items: list[Item] = [
+        (1, "ws", ws, spot_depth(101, 105)),
+        (2, "rest", rest, '{"lastUpdateId":103,"bids":[["99.0","1"]],"asks":[["101.0","1"]]}'),
+        (3, "ws", ws, spot_depth(106, 110)),
+        (5, "status", ws, msgspec.json.encode(status).decode()),
+        (6, "ws", ws, spot_depth(120, 125, "100.5")),
+        (7, "rest", rest, '{"lastUpdateId":122,"bids":[["99.5","1"]],"asks":[["101.0","1"]]}'),
+        (8, "ws", ws, spot_depth(126, 130, "100.2")),
+    ]
+    code, out = verify(write_capture(tmp_path / "reconnect.jsonl", items))
+    assert code == 0 and out["ok"] and out["gaps"] == 0, out
+    assert (out["rest_snapshots"], out["status_records"], out["resyncs_by_reason"]) == (2, 1, {"disconnect": 1})
+    btc = out["symbols"]["binance:spot:BTC-USDT"]
+    assert btc["state"] == "synced" and btc["seq"] == 130 and btc["applied"] == 4
+    assert btc["best_bid"] == ["100.5", "1"] and btc["bid_levels"] == 3  # 99.5 100.2 100.5: 100.0 went with the book
+    # Without the status line nothing tells the break from lost frames: a gap.
+    code, out = verify(write_capture(tmp_path / "no_status.jsonl", [i for i in items if i[1] != "status"]))
+    assert code == 1 and out["gaps"] == 1 and out["resyncs_by_reason"] == {"gap": 1}, out
 
 
 def test_readers_and_venue_inference(tmp_path):

@@ -7,14 +7,17 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
+from typer.testing import CliRunner
 
 from marketprism.bus.publisher import JetStreamPublisher
 from marketprism.bus.server import LocalNatsServer, free_port
+from marketprism.cli import app
 from marketprism.records import DataType, Status, Trade
 from marketprism.runner import CollectorSpec, run_collectors
 from marketprism.sim import Faults, SimConfig, SimServer
-from marketprism.stream.capture import read_capture
+from marketprism.stream.capture import CaptureWriter, read_recording
 from marketprism.stream.collector import Collector, shard_subscriptions
 from marketprism.stream.session import SessionConfig, WsSession, backoff_delay
 from marketprism.venues import VENUES, get_venue
@@ -257,16 +260,97 @@ async def test_record_writes_a_capture_that_the_simulator_replays(tmp_path: Path
     spec = CollectorSpec("okx_swap", ("BTC-USDT",), (DataType.TRADE, DataType.DEPTH))
     report = await run_collectors([spec], nats_url=nats_server.url, data_dir=tmp_path, source="sim", record=capture,
                                   duration_s=2.0, session_config=FAST)  # fmt: skip
-    lines = list(read_capture(capture))
-    assert len(lines) == report.collectors[0].frames > 10
-    assert {line["source"] for line in lines} == {"ws"}
-    assert all(str(line["url"]).endswith("/okx_swap/ws/v5/public") for line in lines)
+    lines = list(read_recording(capture))
+    frames = [line for line in lines if line.source == "ws"]
+    assert len(frames) == report.collectors[0].frames > 10
+    assert all(str(line.url).endswith("/okx_swap/ws/v5/public") for line in frames)
+    # Besides the frames: the status records, and the REST snapshot fetched after subscribing (OKX declares one).
+    assert [orjson.loads(line.data)["event"] for line in lines if line.source == "status"] == ["connected"]
+    rest = [line for line in lines if line.source == "rest"]
+    assert len(rest) == report.collectors[0].snapshots_recorded == 1
+    assert str(rest[0].url).endswith("/okx_swap/api/v5/market/books?instId=BTC-USDT-SWAP&sz=400")
     # The capture replays through the simulator to the same records.
     cfg = SimConfig(mode="replay", venues=["okx_swap"], replay_files={"okx_swap": [str(capture)]}, speed=0.0)
     async with SimServer(cfg, host="127.0.0.1", port=0) as sim:
         truth = sim.truth()
     replayed = sum(truth["replay"]["okx_swap"]["subjects"].values())
     assert replayed == report.collectors[0].records_by_type["trade"] + report.collectors[0].records_by_type["depth"]
+
+
+def book_verify(*args: str | Path) -> tuple[int, dict]:
+    result = CliRunner().invoke(app, ["book", "verify", *map(str, args)])
+    lines = [line for line in result.output.splitlines() if line.startswith("{")]
+    return result.exit_code, (orjson.loads(lines[-1]) if lines else {"output": result.output})
+
+
+def rewrite_capture(src: Path, dst: Path, keep) -> Path:
+    with CaptureWriter(dst) as w:
+        for item in read_recording(src):
+            if keep(item):
+                w.write(item.recv_ts or 0, item.source, item.url or "", item.data)
+    return dst
+
+
+async def test_a_recorded_capture_verifies_on_its_own_across_a_forced_disconnect(tmp_path: Path, nats_server) -> None:
+    """``collect --record`` fetches a REST depth snapshot after each (re)subscription (Binance, Bybit) and
+    records its status records, so ``book verify`` proves the capture alone: the snapshot comes after
+    buffered deltas, the disconnect is explained by the status lines (a resync, not a gap), and the snapshot
+    fetched after resubscribing syncs each book again."""
+    names = ["binance_spot", "binance_usdm", "bybit_linear"]
+    symbols = ("BTC-USDT", "ETH-USDT")
+    specs = [CollectorSpec(name, symbols) for name in names]
+    cfg = SimConfig(mode="synthetic", venues=names, symbols=list(symbols), rate=20.0)
+    capture = tmp_path / "capture.jsonl.gz"
+    async with SimServer(cfg, host="127.0.0.1", port=0) as sim:
+        bases = {name: sim.ws_base(name) for name in names}
+        # A collector that does not record sends no REST request.
+        await run_collectors(specs, nats_url=nats_server.url, data_dir=tmp_path, duration_s=1.0,
+                             session_config=FAST, ws_bases=bases)  # fmt: skip
+        assert all(sim.truth()["venues"][name]["rest_requests"] == 0 for name in names)
+
+        sim.set_faults(None, Faults(disconnect_every_s=1.2))
+        collectors: list[Collector] = []
+        stop = asyncio.Event()
+
+        async def drive() -> None:
+            assert await wait_until(lambda: len(collectors) == 3 and all(c.stats.reconnects for c in collectors), 20)
+            sim.set_faults(None, Faults())
+            assert await wait_until(lambda: all(s.stats.connected for c in collectors for s in c.sessions), 10)
+            await asyncio.sleep(0.5)  # the new connections' first depth frames: their snapshots are asked for
+            assert await wait_until(
+                lambda: all(c.snapshots is not None and not c.snapshots.pending for c in collectors), 10
+            )
+            await asyncio.sleep(1.0)  # deltas after the last snapshots
+            stop.set()
+
+        driver = asyncio.create_task(drive())
+        report = await run_collectors(specs, nats_url=nats_server.url, data_dir=tmp_path, record=capture, stop=stop,
+                                      session_config=FAST, ws_bases=bases, on_start=collectors.extend)  # fmt: skip
+        await driver
+        truth = sim.truth()
+    stats = {c.venue: c for c in report.collectors}
+    assert all(c.snapshot_failures == 0 and c.reconnects >= 1 for c in stats.values())
+    assert all(truth["venues"][name]["rest_requests"] == stats[name].snapshots_recorded for name in names)
+
+    code, out = book_verify(capture)
+    assert code == 0 and out["ok"], out
+    assert out["venues"] == names and out["gaps"] == 0 and out["checksum_failed"] == 0 and out["never_synced"] == []
+    assert len(out["symbols"]) == 6 and all(s["state"] == "synced" for s in out["symbols"].values()), out
+    assert all(s["resyncs_by_reason"].get("disconnect", 0) >= 1 for s in out["symbols"].values()), out
+    # Binance books came back from the snapshot fetched after resubscribing; Bybit's from the stream's own.
+    assert all(s["snapshots"] >= 2 for s in out["symbols"].values()), out
+    binance_snapshots = stats["binance_spot"].snapshots_recorded + stats["binance_usdm"].snapshots_recorded
+    assert (
+        out["rest_snapshots"] == binance_snapshots and out["rest_ignored"] == stats["bybit_linear"].snapshots_recorded
+    )
+    assert out["status_records"] > 0 and out["parse_errors"] == 0
+
+    # Without its REST snapshots a Binance symbol is never synced: nothing about it was verified.
+    no_rest = rewrite_capture(capture, tmp_path / "no_rest.jsonl",
+                              lambda i: not (i.source == "rest" and "/binance_spot/" in str(i.url)
+                                             and "symbol=BTCUSDT" in str(i.url)))  # fmt: skip
+    code, out = book_verify(no_rest)
+    assert code == 1 and out["never_synced"] == ["binance:spot:BTC-USDT"], out
 
 
 async def test_a_parser_bug_is_counted_and_the_session_carries_on() -> None:

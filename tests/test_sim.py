@@ -736,7 +736,7 @@ async def test_recording_formats_captures_and_cli_helpers(tmp_path: Path) -> Non
         url = "https://www.okx.com/api/v5/public/instruments?instType=SWAP"
         f.write(orjson.dumps({"recv_ts": 2, "source": "rest", "url": url, "data": body}) + b"\n")
     items = list(read_recording(str(capture)))
-    assert [getattr(i, "text", None) for i in items[: len(frames)]] == list(frames)
+    assert [i.data for i in items[: len(frames)]] == list(frames)
     raw = list(read_recording(str(fixture_path("binance/spot_cryptofeed_2021-10-12.http.raw.txt"))))
     assert len(raw) == 4 and all(getattr(i, "url", "").startswith("https://api.binance.com/api/v3/depth") for i in raw)
     cfg = SimConfig(mode="replay", replay_files={"okx_swap": [str(capture)]})

@@ -34,7 +34,9 @@ def verify(
 ) -> None:
     """Run the book sync engine over recorded frames and print one JSON line of counts.
 
-    Reads MarketPrism captures (``--record``), cryptofeed raw recordings (``*.ws.raw.txt`` with the
+    Reads MarketPrism captures (``collect --record``: frames, the REST snapshots the collector fetched after
+    each (re)subscription, and its status records, whose ``disconnected`` explains the break at a reconnect
+    so that it is a resync, not a gap), cryptofeed raw recordings (``*.ws.raw.txt`` with the
     ``*.http.raw.txt`` next to it), hftbacktest recordings and frame-per-line ``.jsonl`` files (gzip or
     zstd). REST depth bodies in them are the Binance snapshots, applied where they were received; for
     ``.jsonl`` files pass them with ``--snapshot``. The venue of each frame is its recorded URL (or a

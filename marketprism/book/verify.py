@@ -1,8 +1,9 @@
 """``marketprism book verify``: run the sync engine over recorded frames and count what it proves.
 
-Inputs (one or more files, merged by receive time; each keeps its own order; gzip or zstd by content):
+Inputs (one or more files, merged by receive time; each keeps its own order): every layout
+``marketprism.stream.capture.read_recording`` reads, gzip or zstd by content:
 
-* MarketPrism captures (DESIGN §6): ``{"recv_ts": µs, "source": "ws"|"rest", "url": .., "data": "<frame>"}``.
+* MarketPrism captures (DESIGN §6): ``{"recv_ts": µs, "source": "ws"|"rest"|"status", "url": .., "data": ..}``.
 * cryptofeed raw recordings: ``*.ws.raw.txt`` (``<epoch>: <frame>``; the ``<url> <-> <epoch>`` connect
   line names the venue) and its REST companion ``*.http.raw.txt`` (``<url> -> <epoch>: <body>``), which
   is picked up automatically when it sits next to the ``.ws.raw.txt`` file.
@@ -14,7 +15,15 @@ Inputs (one or more files, merged by receive time; each keeps its own order; gzi
 
 REST depth bodies are the Binance snapshots, applied at the point in the stream where they were
 received (exactly what the order-book processor does with a fetched snapshot). OKX and Bybit books
-start from the snapshot pushed in the stream; other REST bodies are counted and skipped.
+start from the snapshot pushed in the stream; other REST bodies are counted and skipped. A snapshot may
+come after depth frames of its symbol: they are buffered (as the processor does) and bridged from it.
+
+Reconnects. A capture the collector recorded holds its ``status`` lines: ``disconnected`` drops that
+symbol's book (counted as a resync with reason ``disconnect``, never as a gap), and the frames of the next
+connection wait in the buffer for the next snapshot: the REST body the collector fetched after
+resubscribing (Binance), or the snapshot the venue pushes on subscribe (OKX, Bybit). The sequence break
+between the two connections is then explained, not a gap. A recording without status lines has no such
+explanation: a break there is counted as a gap, since nothing tells it apart from a lost frame.
 
 The venue of a frame is ``--venue`` when given; else the URL that came with it (capture line, cryptofeed
 connect line), matched against the venue declarations' hosts, or a simulator's ``/<venue>/`` path prefix;
@@ -29,17 +38,15 @@ failure or crossed book was found.
 
 from __future__ import annotations
 
-import gzip
 import heapq
-import io
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
+import msgspec
 
 from marketprism.book.snapshots import (
     SnapshotError,
@@ -49,67 +56,11 @@ from marketprism.book.snapshots import (
 )
 from marketprism.book.sync import DEFAULT_BUFFER_LIMIT, SymbolBooks
 from marketprism.records import Depth, Record, Status
+from marketprism.stream.capture import REST, STATUS, RecordedItem, read_recording
 from marketprism.venues import VENUES, ParseError, Parser, Venue
 
-_CRYPTOFEED_REST = re.compile(r"^(\S+) -> (\d+(?:\.\d+)?): (.*)$", re.S)
-_CRYPTOFEED_RECV = re.compile(r"^(\d{9,11}(?:\.\d+)?): (.*)$", re.S)
-_CRYPTOFEED_CONNECT = re.compile(r"^(\S+) <-> (\d+(?:\.\d+)?)$")
-_CRYPTOFEED_SENT = re.compile(r"^\S+ <- \d+(?:\.\d+)?: ")
-_HFTBACKTEST = re.compile(r"^(\d{16,20}) (.*)$", re.S)
 _SNAPSHOT_FILE_INSTRUMENT = re.compile(r"_depth_([A-Za-z0-9]+)_")
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
-
-@dataclass(slots=True)
-class RecordedItem:
-    """One received WebSocket frame or REST body. ``recv_ts`` in µs (None when the file has no times)."""
-
-    recv_ts: int | None
-    source: str  # "ws" | "rest"
-    url: str | None
-    data: str
-
-
-def _open_text(path: Path) -> IO[str]:
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic.startswith(_GZIP_MAGIC):
-        return gzip.open(path, "rt", encoding="utf-8")
-    if magic == _ZSTD_MAGIC:
-        try:
-            from backports import zstd  # Python < 3.14; 3.14 has compression.zstd
-        except ImportError:  # pragma: no cover - depends on the environment
-            raise ValueError(f"{path}: reading zstd needs the 'backports.zstd' package") from None
-        return io.TextIOWrapper(zstd.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
-def read_recording(path: str | Path) -> Iterator[RecordedItem]:
-    """Every received frame and REST body of one recording, in file order (format detected per line)."""
-    url: str | None = None  # the connection a cryptofeed recording's frames arrived on
-    with _open_text(Path(path)) as f:
-        for raw in f:
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                continue
-            if line.startswith('{"recv_ts"'):
-                obj = orjson.loads(line)
-                ts = obj.get("recv_ts")
-                yield RecordedItem(int(ts) if isinstance(ts, int | float) else None, str(obj.get("source", "ws")),
-                                   obj.get("url"), obj["data"])  # fmt: skip
-            elif line.startswith("{"):
-                yield RecordedItem(None, "ws", None, line)
-            elif m := _CRYPTOFEED_RECV.match(line):
-                yield RecordedItem(round(float(m.group(1)) * 1e6), "ws", url, m.group(2))
-            elif m := _HFTBACKTEST.match(line):
-                yield RecordedItem(int(m.group(1)) // 1000, "ws", None, m.group(2))
-            elif m := _CRYPTOFEED_REST.match(line):
-                yield RecordedItem(round(float(m.group(2)) * 1e6), "rest", m.group(1), m.group(3))
-            elif m := _CRYPTOFEED_CONNECT.match(line):
-                url = m.group(1)
-            elif not _CRYPTOFEED_SENT.match(line):
-                raise ValueError(f"{path}: unrecognised line {line[:80]!r}")
+_status_decoder = msgspec.json.Decoder(Status)
 
 
 def _timed(items: Iterable[RecordedItem]) -> Iterator[tuple[int, RecordedItem]]:
@@ -203,6 +154,7 @@ class VerifyReport:
     input_frames: int = 0  # WebSocket frames read
     rest_snapshots: int = 0  # REST depth snapshots applied
     rest_ignored: int = 0  # other REST bodies
+    status_records: int = 0  # the collector's connection events (capture ``status`` lines)
     parse_errors: int = 0
     skipped: int = 0  # frames of no known venue, or (judged by shape, without a URL) not depth frames
 
@@ -230,6 +182,7 @@ class VerifyReport:
         return {
             "ok": self.ok, "files": self.files, "venues": sorted(self.venues), "input_frames": self.input_frames,
             "rest_snapshots": self.rest_snapshots, "rest_ignored": self.rest_ignored,
+            "status_records": self.status_records,
             "parse_errors": self.parse_errors, "skipped": self.skipped, **totals,
             "never_synced": self.never_synced, "symbols": symbols,
         }  # fmt: skip
@@ -262,8 +215,11 @@ class BookVerifier:
 
     def feed(self, item: RecordedItem) -> None:
         recv_ts = item.recv_ts or 0
-        if item.source == "rest":
+        if item.source == REST:
             self._rest(item.url, item.data, recv_ts)
+            return
+        if item.source == STATUS:
+            self._status(item.data)
             return
         if item.url is None and is_binance_depth_body(item.data):
             self._rest(None, item.data, recv_ts)  # hftbacktest: the REST body among the frames
@@ -294,6 +250,16 @@ class BookVerifier:
         elif isinstance(record, Status):
             self.books.feed(record)
 
+    def _status(self, data: str) -> None:
+        """A collector's connection event: ``disconnected`` drops the symbol's book (see the module doc)."""
+        try:
+            status = _status_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.report.parse_errors += 1
+            return
+        self.report.status_records += 1
+        self.books.feed(status)
+
     def _apply_snapshot_files(self, depth: Depth) -> None:
         for snap in list(self._pending_snapshots):
             if snap.instrument in (None, depth.instrument.upper()):
@@ -314,8 +280,9 @@ class BookVerifier:
         else:
             self.report.rest_ignored += 1
             return
-        if self._last_depth is not None and self._last_depth.instrument == instrument:
-            symbol = self._last_depth.symbol  # the parser's normalisation, if it already named this one
+        last = self._last_depth
+        if last is not None and last.instrument == instrument and last.market == market:
+            symbol = last.symbol  # the parser's normalisation, if it already named this one
         self._snapshot(body, market, instrument, recv_ts, symbol)
 
     def _snapshot(self, body: str | bytes, market: str, instrument: str, recv_ts: int, symbol: str | None) -> None:
@@ -347,10 +314,8 @@ def verify(
 __all__ = [
     "BookVerifier",
     "PendingSnapshot",
-    "RecordedItem",
     "VerifyReport",
     "merged",
-    "read_recording",
     "venue_for_frame",
     "venue_for_url",
     "verify",

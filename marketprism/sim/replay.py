@@ -1,12 +1,9 @@
 """Replay mode: recorded real frames played back over each venue's own protocol.
 
-Readable recordings (one venue's frames per file, any mix of formats, optionally gzip):
-  * JSON Lines of raw frames (the fixtures' ``*.jsonl``), no receive times;
-  * cryptofeed raw files (``<epoch>: <frame>``; ``URL -> <epoch>: <body>`` is a REST body; connection and
-    sent lines are skipped);
-  * hftbacktest files (``<ns> <frame>``, with a bare REST depth body among the frames);
-  * MarketPrism captures (``{"recv_ts": µs, "source": "ws"|"rest", "url": .., "data": "<frame>"}``);
-  * whole REST bodies (``*.json``/``*.json.gz``), whose endpoint is recognised from the body or name.
+Readable recordings (one venue's frames per file, any mix of formats, gzip or zstd): whatever
+``marketprism.stream.capture.read_recording`` reads (captures, raw frame-per-line ``*.jsonl``, cryptofeed and
+hftbacktest recordings, whole REST bodies ``*.json``, whose endpoint is recognised from the body or name).
+Lines of no known layout are skipped, and so are a capture's ``status`` lines (the collector's own events).
 
 Frames of all files of a venue are merged by time (each file keeps its order), identical frames are kept
 once, and non-data frames (acks, pongs, channels MarketPrism does not collect) are left out. A frame's
@@ -21,16 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import heapq
-import io
 import os
-import re
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
@@ -40,82 +32,11 @@ from marketprism.sim.book import InstrumentSpec
 from marketprism.sim.connection import Connection
 from marketprism.sim.frames import Frame, StreamKey, Sub
 from marketprism.sim.protocol import RestKey, VenueWire
+from marketprism.stream.capture import REST, WS, read_recording
 from marketprism.venues.base import ParseError, Venue
 
-_CF_REST = re.compile(r"^(\S+) -> (\d+(?:\.\d+)?): (.*)$", re.S)
-_CF_RECV = re.compile(r"^(\d{9,11}(?:\.\d+)?): (.*)$", re.S)
-_HFT = re.compile(r"^(\d{16,20}) (.*)$", re.S)
 MAX_GAP_S = 5.0  # longest wait between two replayed frames, in recorded seconds
 _DEPTH_REST_KINDS = frozenset({"depth", "books", "orderbook"})
-
-
-@dataclass(slots=True)
-class RecordedFrame:
-    t: float | None
-    text: str
-    obj: Any = None  # already decoded, when detection had to decode it
-
-
-@dataclass(slots=True)
-class RecordedBody:
-    t: float | None
-    url: str | None
-    body: str
-
-
-def _open_text(path: str) -> IO[str]:
-    if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    if path.endswith(".zst"):
-        try:
-            import zstandard
-        except ImportError:
-            raise ValueError(f"{path}: reading .zst needs the 'zstandard' package") from None
-        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))  # noqa: SIM115
-        return io.TextIOWrapper(raw, encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
-def _is_whole_body(path: str) -> bool:
-    name = os.path.basename(path)
-    for ext in (".gz", ".zst"):
-        name = name.removesuffix(ext)
-    return name.endswith(".json")
-
-
-def read_recording(path: str) -> Iterator[RecordedFrame | RecordedBody]:
-    """Every frame and REST body in one recording, in file order."""
-    with _open_text(path) as f:
-        if _is_whole_body(path):
-            yield RecordedBody(None, None, f.read())
-            return
-        for raw in f:
-            line = raw.rstrip("\r\n")
-            if line.strip():
-                item = _parse_line(line)
-                if item is not None:
-                    yield item
-
-
-def _parse_line(line: str) -> RecordedFrame | RecordedBody | None:
-    if line.startswith("{"):
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            return RecordedFrame(None, line)  # kept as recorded; classification will skip it
-        if isinstance(obj, dict) and "recv_ts" in obj and isinstance(obj.get("data"), str) and "source" in obj:
-            t = obj["recv_ts"] / 1e6 if isinstance(obj["recv_ts"], int | float) else None
-            if obj["source"] == "rest":
-                return RecordedBody(t, obj.get("url"), obj["data"])
-            return RecordedFrame(t, obj["data"])
-        return RecordedFrame(None, line, obj)
-    if m := _CF_REST.match(line):
-        return RecordedBody(float(m.group(2)), m.group(1), m.group(3))
-    if m := _CF_RECV.match(line):
-        return RecordedFrame(float(m.group(1)), m.group(2))
-    if m := _HFT.match(line):
-        return RecordedFrame(int(m.group(1)) / 1e9, m.group(2))
-    return None  # cryptofeed connection (<->) and sent (<-) lines
 
 
 def _fill_times(per_file: list[list[tuple[float | None, str, StreamKey]]]) -> list[list[tuple[float, str, StreamKey]]]:
@@ -181,30 +102,32 @@ class ReplaySource:
         items: list[tuple[float | None, str, StreamKey]] = []
         unnamed_depth_bodies: list[tuple[float | None, str]] = []
         depth_instruments: set[str] = set()
-        for rec in read_recording(path):
-            if isinstance(rec, RecordedBody):
-                self._add_body(rec.t, rec.url, rec.body, name, unnamed_depth_bodies)
+        for rec in read_recording(path, strict=False):
+            t = rec.recv_ts / 1e6 if rec.recv_ts is not None else None
+            if rec.source == REST:
+                self._add_body(t, rec.url, rec.data, name, unnamed_depth_bodies)
                 continue
-            obj = rec.obj
-            if obj is None:
-                try:
-                    obj = orjson.loads(rec.text)
-                except orjson.JSONDecodeError:
-                    self.skipped += 1
-                    continue
+            if rec.source != WS:
+                continue  # a collector's status line: not something the venue sent
+            try:
+                obj = orjson.loads(rec.data)
+            except orjson.JSONDecodeError:
+                self.skipped += 1
+                continue
             classified = self.wire.classify(obj)
             if classified is None:
                 # hftbacktest writes the REST depth snapshot among the frames, without a wrapper.
                 if self.wire.classify_rest(None, obj, "") is not None:
-                    self._add_body(rec.t, None, rec.text, "", unnamed_depth_bodies, obj)
+                    self._add_body(t, None, rec.data, "", unnamed_depth_bodies, obj)
                 else:
                     self.skipped += 1
                 continue
             key, event_ms = classified
-            t = rec.t if rec.t is not None else (event_ms / 1000 if event_ms else None)
+            if t is None and event_ms:
+                t = event_ms / 1000
             if key[1] is DataType.DEPTH:
                 depth_instruments.add(key[0])
-            items.append((t, rec.text, key))
+            items.append((t, rec.data, key))
         if unnamed_depth_bodies:
             if len(depth_instruments) != 1:
                 raise ValueError(

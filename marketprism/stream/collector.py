@@ -2,21 +2,31 @@
 
 All channels of one instrument stay on one connection (a reconnect then affects whole symbols), and no
 connection carries more streams than the venue allows.
+
+Recording (``capture``) makes a capture verifiable on its own (``marketprism book verify``): besides every
+frame and status record, the collector then fetches one REST depth snapshot per depth stream after each
+(re)subscription, for venues that declare ``snapshot_request``, and writes it as a ``rest`` line
+(``SnapshotRecorder``). A collector that does not record sends no REST request at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlencode
 
-from marketprism.records import DataType
-from marketprism.stream.capture import CaptureWriter
+from marketprism.records import DataType, now_us
+from marketprism.rest import RestClient
+from marketprism.stream.capture import REST, CaptureWriter
 from marketprism.stream.session import SessionConfig, Sink, WsSession
 from marketprism.venues.base import Subscription, Venue
+
+log = logging.getLogger(__name__)
 
 
 def shard_subscriptions(subs: Sequence[Subscription], per_connection: int) -> list[list[Subscription]]:
@@ -45,6 +55,69 @@ class CollectorStats:
     stalls: int = 0
     last_error: str = ""
     records_by_type: Counter[str] = field(default_factory=Counter)
+    snapshots_recorded: int = 0  # REST depth snapshots written into the capture
+    snapshot_failures: int = 0
+
+
+class SnapshotRecorder:
+    """While recording: one REST depth snapshot per instrument asked for, written into the capture as received.
+
+    ``request`` only queues (sessions call it on their read path); a background task fetches one at a time,
+    ``stagger_s`` apart, through the venue's ``RestClient`` (weight budget, Retry-After, backoff). An
+    instrument asked for again before its fetch started is fetched once. A failure is counted and logged, and
+    the recorder carries on.
+    """
+
+    def __init__(self, venue: Venue, capture: CaptureWriter, rest_base: str | None = None, stagger_s: float = 0.1):
+        if venue.snapshot_request is None:
+            raise ValueError(f"{venue.name} declares no snapshot request")
+        self.venue = venue
+        self.snapshot_request = venue.snapshot_request
+        self.capture = capture
+        self.client = RestClient(rest_base or venue.rest_url, venue.rest_limits, name=f"{venue.name} recorder")
+        self.stagger_s = stagger_s
+        self.recorded = 0
+        self.failures = 0
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._fetching = 0
+
+    @property
+    def pending(self) -> int:
+        """Snapshots asked for and not yet written (or failed)."""
+        return len(self._queued) + self._fetching
+
+    def request(self, instrument: str) -> None:
+        if instrument not in self._queued:
+            self._queued.add(instrument)
+            self._queue.put_nowait(instrument)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                instrument = await self._queue.get()
+                self._queued.discard(instrument)
+                self._fetching += 1
+                try:
+                    await self.fetch(instrument)
+                finally:
+                    self._fetching -= 1
+                await asyncio.sleep(self.stagger_s)
+        finally:
+            await self.client.close()
+
+    async def fetch(self, instrument: str) -> None:
+        call = self.snapshot_request(instrument)
+        url = f"{self.client.base_url}{call.path}?{urlencode(call.params)}"
+        try:
+            body = await self.client.get(call.path, call.params, call.weight)
+        except Exception as exc:  # RestError, or anything else: the collection itself must carry on
+            self.failures += 1
+            log.warning("%s: recording the snapshot of %s failed (%d so far): %s", self.venue.name, instrument,
+                        self.failures, exc)  # fmt: skip
+            return
+        self.capture.write(now_us(), REST, url, body)
+        self.recorded += 1
 
 
 class Collector:
@@ -58,6 +131,7 @@ class Collector:
         ws_base: str | None = None,
         config: SessionConfig | None = None,
         capture: CaptureWriter | None = None,
+        rest_base: str | None = None,
         seed: int | None = None,
     ):
         if not symbols:
@@ -66,6 +140,9 @@ class Collector:
         self.data_types = list(data_types or venue.channels)
         self.sink = sink
         self._ws_base, self._config, self._capture = ws_base, config, capture
+        self.snapshots: SnapshotRecorder | None = None  # only when recording, and only REST-synced venues
+        if capture is not None and venue.snapshot_request is not None:
+            self.snapshots = SnapshotRecorder(venue, capture, rest_base)
         self._rng = random.Random(seed)
         self._shards = itertools.count()
         self.sessions: list[WsSession] = []
@@ -88,6 +165,7 @@ class Collector:
         session = WsSession(
             self.venue, subs, self.sink, shard=next(self._shards), ws_base=self._ws_base, config=self._config,
             capture=self._capture, rng=random.Random(self._rng.random()),
+            on_depth_subscribed=self.snapshots.request if self.snapshots is not None else None,
         )  # fmt: skip
         self.sessions.append(session)
         if self._running:
@@ -104,6 +182,9 @@ class Collector:
         for session in self.sessions:
             if session not in self._tasks:
                 self._start(session)
+        recorder = None
+        if self.snapshots is not None:
+            recorder = asyncio.create_task(self.snapshots.run(), name=f"{self.venue.name}/snapshots")
         try:
             while self._tasks:
                 self._changed.clear()
@@ -116,6 +197,9 @@ class Collector:
                         task.result()  # re-raise a session's crash
         finally:
             self._running = False
+            if recorder is not None:
+                recorder.cancel()
+                await asyncio.gather(recorder, return_exceptions=True)
 
     def stop(self) -> None:
         for s in self.sessions:
@@ -182,4 +266,6 @@ class Collector:
             out.stalls += st.stalls
             out.records_by_type.update(st.records_by_type)
             out.last_error = st.last_error or out.last_error
+        if self.snapshots is not None:
+            out.snapshots_recorded, out.snapshot_failures = self.snapshots.recorded, self.snapshots.failures
         return out

@@ -7,6 +7,12 @@ stall watchdog, and connections the venue cuts after a fixed age (Binance: 24 h)
 a short overlap, so no frame is missed (the overlap's duplicates are dropped by JetStream's Msg-Id).
 Around every unplanned reconnect the session publishes ``status`` records (``disconnected`` then
 ``connected``) for each symbol, so order books downstream know a gap may have happened.
+
+Recording (``capture``): every frame goes into the capture as received, and so do the status records
+(``status`` lines), so that a reader of the capture knows where connections ended. ``on_depth_subscribed``
+is then called with an instrument when its depth stream delivers its first frame after a (re)subscription
+(the collector fetches a REST snapshot for it: Binance's own procedure, buffer first, then the snapshot).
+It must not block: it is called on the read path.
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from marketprism import metrics
-from marketprism.records import Record, Status, now_us
-from marketprism.stream.capture import CaptureWriter
+from marketprism.records import DataType, Depth, Record, Status, now_us
+from marketprism.stream.capture import STATUS, WS, CaptureWriter
 from marketprism.venues.base import ParseError, Parser, Subscription, Venue
 
 log = logging.getLogger(__name__)
@@ -86,6 +93,7 @@ class _Connection:
         self.opened_at = time.monotonic()
         self.last_frame_at = self.opened_at
         self.stalled = False
+        self.awaiting_depth: set[str] = set()  # instruments subscribed here whose depth has not delivered yet
 
 
 class WsSession:
@@ -100,6 +108,7 @@ class WsSession:
         config: SessionConfig | None = None,
         capture: CaptureWriter | None = None,
         rng: random.Random | None = None,
+        on_depth_subscribed: Callable[[str], object] | None = None,
     ):
         if not subscriptions:
             raise ValueError(f"{venue.name} shard {shard}: no subscriptions")
@@ -110,6 +119,7 @@ class WsSession:
         self.shard = shard
         self.config = config or SessionConfig()
         self.capture = capture
+        self.on_depth_subscribed = on_depth_subscribed
         self.stats = SessionStats()
         self._rng = rng or random.Random()
         self._stop = asyncio.Event()
@@ -219,6 +229,7 @@ class WsSession:
         # No await between taking the snapshot and publishing the connection: a concurrent add() either lands in
         # the snapshot or sees self._conn and subscribes its streams itself.
         subscriptions = list(self.subscriptions)
+        self._await_depth(conn, subscriptions)
         self._conn = conn
         try:
             await self._send(conn, self.venue.subscribe_messages(subscriptions, self._next_request_id()))
@@ -251,6 +262,7 @@ class WsSession:
         self._symbols.update({s.instrument: s.symbol for s in new})
         conn = self._conn
         if conn is not None:
+            self._await_depth(conn, new)
             self._emit_status_for(conn, "connected", "subscribed", fresh)
             with contextlib.suppress(websockets.ConnectionClosed):  # the next connection subscribes them anyway
                 await self._send(conn, self.venue.subscribe_messages(new, self._next_request_id()))
@@ -267,6 +279,7 @@ class WsSession:
             self._symbols.pop(instrument, None)
         conn = self._conn
         if conn is not None:
+            conn.awaiting_depth.difference_update(s.instrument for s in gone if s.data_type is DataType.DEPTH)
             with contextlib.suppress(websockets.ConnectionClosed):
                 await self._send(conn, self.venue.unsubscribe_messages(gone, self._next_request_id()))
             self._emit_status_for(conn, "disconnected", "unsubscribed", dropped)
@@ -300,7 +313,7 @@ class WsSession:
         self.stats.frames += 1
         self._m.frame(len(frame), recv_ts)
         if self.capture is not None:
-            self.capture.write(recv_ts, "ws", self.url, frame)
+            self.capture.write(recv_ts, WS, self.url, frame)
         try:
             records = conn.parser.parse(frame, recv_ts)
         except Exception as exc:  # ParseError is expected; anything else is a parser bug, which must not kill us
@@ -316,6 +329,19 @@ class WsSession:
             self.stats.records_by_type[record.data_type] += 1
         self._m.records(records)
         self.stats.records += len(records)
+        if conn.awaiting_depth:
+            self._first_depth(conn, records)
+
+    def _await_depth(self, conn: _Connection, subscriptions: Sequence[Subscription]) -> None:
+        if self.on_depth_subscribed is not None:
+            conn.awaiting_depth.update(s.instrument for s in subscriptions if s.data_type is DataType.DEPTH)
+
+    def _first_depth(self, conn: _Connection, records: list[Record]) -> None:
+        assert self.on_depth_subscribed is not None  # awaiting_depth is filled only with a callback
+        for record in records:
+            if type(record) is Depth and record.instrument in conn.awaiting_depth:
+                conn.awaiting_depth.discard(record.instrument)
+                self.on_depth_subscribed(record.instrument)
 
     async def _watchdog(self, conn: _Connection) -> None:
         """Closes a socket that has been silent for longer than the stall timeout."""
@@ -352,13 +378,13 @@ class WsSession:
     def _emit_status_for(self, conn: _Connection, event: str, reason: str, symbols: list[tuple[str, str]]) -> None:
         ts = now_us()
         for instrument, symbol in symbols:
-            self.sink(
-                Status(
-                    exchange=self.venue.exchange.value, market=self.venue.market.value, symbol=symbol,
-                    instrument=instrument, ts=ts, recv_ts=ts, event=event, connection=f"{conn.id}@{ts}",
-                    reason=reason,
-                )
+            status = Status(
+                exchange=self.venue.exchange.value, market=self.venue.market.value, symbol=symbol,
+                instrument=instrument, ts=ts, recv_ts=ts, event=event, connection=f"{conn.id}@{ts}", reason=reason,
             )  # fmt: skip
+            if self.capture is not None:
+                self.capture.write(ts, STATUS, self.url, msgspec.json.encode(status))
+            self.sink(status)
             self.stats.records += 1
             self.stats.records_by_type[Status.data_type] += 1
             self._m.count(Status.data_type)
