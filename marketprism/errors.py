@@ -57,11 +57,13 @@ class Code(StrEnum):
     PUBLISH_REJECTED = "PUBLISH_REJECTED"  # JetStream answered a publish with an error (e.g. no stream)
     BUFFER_FULL = "BUFFER_FULL"  # publish buffer full: the new record was dropped (see module doc)
     DROPPED_AT_STOP = "DROPPED_AT_STOP"  # records still unacknowledged when a publisher was closed
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"  # a hot-store commit failed; the batch is held and retried
     # bad_data: the item is skipped
     PARSE_MALFORMED = "PARSE_MALFORMED"  # a frame that is not valid JSON / not the expected shape
     PARSE_VENUE_ERROR = "PARSE_VENUE_ERROR"  # the venue answered with an error message instead of data
     PARSE_BUG = "PARSE_BUG"  # a parser raised something other than ParseError (a bug; the frame is skipped)
     RECORD_INVALID = "RECORD_INVALID"  # a record the bus refuses (bad subject, payload too large)
+    DEAD_LETTERED = "DEAD_LETTERED"  # a bus message the writer cannot store: sent to the dead-letter stream
     # fatal: the component stops
     CONFIG_INVALID = "CONFIG_INVALID"  # invalid configuration (bad field value, bad URL)
     AUTH_FAILED = "AUTH_FAILED"  # credentials rejected (NATS authorisation, TLS required)
@@ -73,10 +75,12 @@ class Code(StrEnum):
 KIND_OF: dict[Code, Kind] = {
     **dict.fromkeys(
         (Code.CONNECT_FAILED, Code.RATE_LIMITED, Code.UPSTREAM_UNAVAILABLE, Code.WS_CLOSED, Code.WS_STALL,
-         Code.NATS_UNAVAILABLE, Code.ACK_TIMEOUT, Code.PUBLISH_REJECTED, Code.BUFFER_FULL, Code.DROPPED_AT_STOP),
+         Code.NATS_UNAVAILABLE, Code.ACK_TIMEOUT, Code.PUBLISH_REJECTED, Code.BUFFER_FULL, Code.DROPPED_AT_STOP,
+         Code.STORE_UNAVAILABLE),
         Kind.RETRYABLE,
     ),
-    **dict.fromkeys((Code.PARSE_MALFORMED, Code.PARSE_VENUE_ERROR, Code.PARSE_BUG, Code.RECORD_INVALID), Kind.BAD_DATA),
+    **dict.fromkeys((Code.PARSE_MALFORMED, Code.PARSE_VENUE_ERROR, Code.PARSE_BUG, Code.RECORD_INVALID,
+                     Code.DEAD_LETTERED), Kind.BAD_DATA),
     **dict.fromkeys(
         (Code.CONFIG_INVALID, Code.AUTH_FAILED, Code.HTTP_REJECTED, Code.CANCELLED, Code.INTERNAL), Kind.FATAL
     ),

@@ -168,6 +168,20 @@ LAG = Gauge(
     multiprocess_mode="livemax",
 )
 
+# --- storage writer ----------------------------------------------------------------------------------
+STORED = Counter("marketprism_storage_records_total", "Rows committed to the hot store", ["data_type"])
+STORE_DUPLICATES = Counter(
+    "marketprism_storage_duplicates_total", "Records not stored again: their natural key was already stored"
+)
+DEAD_LETTERED = Counter(
+    "marketprism_storage_dead_lettered_total", "Messages sent to the dead-letter stream, by reason", ["reason"]
+)
+STORE_ERRORS = Counter("marketprism_storage_commit_errors_total", "Hot-store commits that failed (retried)")
+COMMIT_SECONDS = Gauge("marketprism_storage_last_commit_seconds", "Duration of the last hot-store commit")
+STORE_LAG = Gauge(
+    "marketprism_storage_lag_records", "Messages on the bus not yet committed (stream last seq - stored position)"
+)
+
 # --- every component -------------------------------------------------------------------------------
 ERRORS = Counter(
     "marketprism_errors_total",
@@ -182,7 +196,8 @@ LAST_RECORD_AGE = "marketprism_collector_last_record_age_seconds"
 ALL: tuple[Counter | Gauge, ...] = (
     FRAMES, FRAME_BYTES, RECORDS, PARSE_ERRORS, RECONNECTS, CONNECTED, LAST_FRAME, LAST_RECORD,
     PUBLISHED, DUPLICATES, DROPPED, RETRIES, BUFFERED, IN_FLIGHT, BOOKS, BOOKS_SYNCED, RESYNCS, CHECKSUMS,
-    SNAPSHOT_REQUESTS, RESUBSCRIBE_REQUESTS, DEPTH_CONSUMED, DECODE_ERRORS, BOOK_RECORDS, LAG, ERRORS,
+    SNAPSHOT_REQUESTS, RESUBSCRIBE_REQUESTS, DEPTH_CONSUMED, DECODE_ERRORS, BOOK_RECORDS, LAG, STORED,
+    STORE_DUPLICATES, DEAD_LETTERED, STORE_ERRORS, COMMIT_SECONDS, STORE_LAG, ERRORS,
 )  # fmt: skip
 
 
@@ -427,6 +442,43 @@ class ProcessorMetrics:
         for venue in self._venues:
             BOOKS.labels(*venue).set(0)
             BOOKS_SYNCED.labels(*venue).set(0)
+
+
+class WriterMetrics:
+    """The storage writer's metrics, synced from its cumulative stats after every commit."""
+
+    component = "storage"
+
+    def __init__(self) -> None:
+        self._stored = _Totals(STORED)
+        self._dead = _Totals(DEAD_LETTERED)
+        self._duplicates = 0
+        self._errors = 0
+
+    def sync(
+        self,
+        *,
+        stored: Mapping[str, int],
+        dead: Mapping[str, int],
+        duplicates: int,
+        errors_: int,
+        commit_s: float,
+        lag: int,
+    ) -> None:
+        self._stored.sync({(data_type,): n for data_type, n in stored.items()})
+        before = sum(self._dead.synced.values())
+        self._dead.sync({(reason,): n for reason, n in dead.items()})
+        if sum(dead.values()) > before:
+            count_error(self.component, errors.ErrorInfo.of(errors.Code.DEAD_LETTERED), sum(dead.values()) - before)
+        if duplicates > self._duplicates:
+            STORE_DUPLICATES.inc(duplicates - self._duplicates)
+            self._duplicates = duplicates
+        if errors_ > self._errors:
+            STORE_ERRORS.inc(errors_ - self._errors)
+            count_error(self.component, errors.ErrorInfo.of(errors.Code.STORE_UNAVAILABLE), errors_ - self._errors)
+            self._errors = errors_
+        COMMIT_SECONDS.set(commit_s)
+        STORE_LAG.set(lag)
 
 
 # --- multiprocess directory ----------------------------------------------------------------------------

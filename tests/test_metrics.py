@@ -37,7 +37,9 @@ from tests.test_bus import trade
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = SessionConfig(stall_timeout_s=3.0, backoff_initial_s=0.05, backoff_max_s=0.5, open_timeout_s=3.0)
-NAME = re.compile(r"^marketprism_(collector|bus|processor)_[a-z0-9_]+_(total|seconds|bytes|records|connections|books)$")
+NAME = re.compile(
+    r"^marketprism_(collector|bus|processor|storage)_[a-z0-9_]+_(total|seconds|bytes|records|connections|books)$"
+)
 LABELS = {"exchange", "market", "data_type", "code", "kind", "component", "reason", "clock", "result"}
 
 
@@ -65,7 +67,7 @@ def test_metric_names_and_labels_follow_the_convention() -> None:
         assert family.type in ("counter", "gauge"), name
         if family.type == "counter":
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples), name
-        if "timestamp" in name or "age" in name:
+        if "timestamp" in name or "_age_" in name:
             assert name.endswith("_seconds"), name
     for metric in metrics.ALL:
         labels = set(metric._labelnames)

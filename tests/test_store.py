@@ -245,3 +245,23 @@ def test_rows_to_records_gives_back_records() -> None:
     df = spec.frame([encoded(r) for r in recs], [r.natural_key() for r in recs])
     assert spec.rows_to_records(df) == recs
     assert msgspec.json.encode(recs) == msgspec.json.encode(spec.rows_to_records(df))
+
+
+async def test_writer_metrics_count_stored_duplicates_and_dead_letters(tmp_path: Path, nats_client) -> None:
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (value("marketprism_storage_records_total", data_type="trade"),
+              value("marketprism_storage_dead_lettered_total", reason="ValidationError"))  # fmt: skip
+    await publish(nats_client, [trade(i) for i in range(40)])
+    await nats_client.jetstream().publish("md.trade.binance.spot.BTC-USDT", b'{"exchange":"binance"}')
+    store = DuckDBStore(tmp_path / "hot.duckdb")
+    w = StorageWriter(nats_client, store, batch_rows=100, batch_seconds=0.1)
+    await run_writer(w, lambda: w.stats.position == 41)
+    store.close()
+    assert value("marketprism_storage_records_total", data_type="trade") - before[0] == 40
+    assert value("marketprism_storage_dead_lettered_total", reason="ValidationError") - before[1] == 1
+    assert value("marketprism_storage_lag_records") == 0
+    assert value("marketprism_errors_total", component="storage", kind="bad_data", code="DEAD_LETTERED") >= 1

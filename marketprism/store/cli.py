@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from typing import Annotated
 
 import orjson
+import polars as pl
 import typer
 
 from marketprism.store.open import open_hot_store
@@ -58,3 +60,117 @@ async def _write(
     return {"stored": s.stored, "duplicates": s.duplicates, "batches": s.batches, "dead_lettered": s.dead_lettered,
             "store_errors": s.store_errors, "redelivered_skipped": s.redelivered_skipped, "position": s.position,
             "stored_by_table": dict(s.stored_by_table)}  # fmt: skip
+
+
+_COLD_HELP = "cold root, any fsspec path (default: storage.parquet_path)"
+
+
+@store_app.command()
+def migrate(
+    retention_days: Annotated[int | None, typer.Option(help="days kept hot (default: storage.hot_retention_days)")] = (
+        None
+    ),
+    duckdb: Annotated[str | None, typer.Option(help="hot DuckDB file (default: storage.duckdb_path)")] = None,
+    parquet_root: Annotated[str | None, typer.Option(help=_COLD_HELP)] = None,
+    table: Annotated[list[str] | None, typer.Option(help="only this table (repeatable)")] = None,
+    details: Annotated[bool, typer.Option("--details", help="one entry per partition in the summary")] = False,
+) -> None:
+    """Move hot partitions older than the retention to hive-partitioned Parquet (verified, then deleted from hot).
+
+    Prints a JSON summary. Exits 1 when a partition failed verification (it stays hot), 2 when the hot file is
+    held by a running writer.
+    """
+    from marketprism.config import ConfigError, StorageConfig, resolve
+    from marketprism.store.migrate import HotStoreLocked
+    from marketprism.store.migrate import migrate as run_migration
+
+    try:
+        storage = resolve()[0].storage
+    except ConfigError:
+        storage = StorageConfig()
+    try:
+        summary = run_migration(
+            duckdb or storage.duckdb_path,
+            parquet_root or storage.parquet_path,
+            retention_days=storage.hot_retention_days if retention_days is None else retention_days,
+            tables=table or None,
+        )
+    except HotStoreLocked as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(orjson.dumps(summary.as_dict(details), default=str).decode())
+    if summary.errors:
+        raise typer.Exit(1)
+
+
+@store_app.command("query")
+def query(
+    sql: Annotated[str, typer.Argument(help='SQL over the tables trades, depths, ... (hot + cold), e.g. "SELECT ..."')],
+    format: Annotated[str, typer.Option("--format", "-f", help="table | csv | parquet")] = "table",
+    output: Annotated[str | None, typer.Option("--output", "-o", help="write to this file (parquet: required)")] = None,
+    duckdb: Annotated[str | None, typer.Option(help="hot DuckDB file (default: storage.duckdb_path)")] = None,
+    parquet_root: Annotated[str | None, typer.Option(help=_COLD_HELP)] = None,
+    hot: Annotated[str, typer.Option(help="auto: hot if not locked by the writer, else cold only | require | skip")] = (
+        "auto"
+    ),
+) -> None:
+    """Run SQL over hot and cold together. While the writer holds the hot file, --hot auto answers from cold only
+    (with a warning); --hot require fails instead."""
+    if format not in ("table", "csv", "parquet"):
+        raise typer.BadParameter("--format must be table, csv or parquet")
+    if hot not in ("auto", "require", "skip"):
+        raise typer.BadParameter("--hot must be auto, require or skip")
+    if format == "parquet" and not output:
+        raise typer.BadParameter("--format parquet needs --output FILE")
+    import duckdb as ddb
+
+    from marketprism.store.migrate import HotStoreLocked
+    from marketprism.store.query import QuerySurface
+
+    try:
+        surface = QuerySurface(duckdb, parquet_root, hot=hot)  # type: ignore[arg-type]
+    except HotStoreLocked as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    with surface:
+        if surface.hot_status == "locked":
+            typer.echo(f"warning: {surface.hot_note}", err=True)
+        try:
+            df = surface.sql(sql)
+        except ddb.Error as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+    _emit(df, format, output)
+
+
+def _emit(df: pl.DataFrame, format: str, output: str | None) -> None:
+    if format == "parquet":
+        assert output is not None
+        df.write_parquet(output)
+        typer.echo(f"{df.height} rows -> {output}", err=True)
+        return
+    if format == "csv":
+        # CSV has no nested values: book levels (lists of lists) are written as JSON text.
+        flat = df.with_columns(
+            pl.Series(c, [None if v is None else orjson.dumps(v).decode() for v in df[c].to_list()], dtype=pl.String)
+            for c, t in df.schema.items()
+            if isinstance(t, pl.List | pl.Array | pl.Struct)
+        )
+        if output:
+            flat.write_csv(output)
+            typer.echo(f"{df.height} rows -> {output}", err=True)
+        else:
+            sys.stdout.write(flat.write_csv())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False, caption=f"{df.height} rows")
+    for name in df.columns:
+        table.add_column(name, overflow="fold")
+    for row in df.iter_rows():
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console = Console(file=open(output, "w") if output else None, width=None if not output else 240)  # noqa: SIM115
+    console.print(table)
+    if output:
+        console.file.close()

@@ -37,6 +37,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolic
 from nats.js.errors import NotFoundError
 
 from marketprism.bus.stream import MarketDataStream, ensure_stream
+from marketprism.metrics import WriterMetrics
 from marketprism.store.schema import TableSpec, table_spec
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class WriterStats:
     dead_lettered: int = 0
     store_errors: int = 0
     stored_by_table: Counter[str] = field(default_factory=Counter)
+    stored_by_type: Counter[str] = field(default_factory=Counter)
     dead_by_reason: Counter[str] = field(default_factory=Counter)
     last_commit_s: float = 0.0
     position: int = 0
@@ -112,6 +114,8 @@ class StorageWriter:
         self.max_ack_pending = max_ack_pending or max(4 * batch_rows, 20_000)
         self.retry_cap_s = retry_cap_s
         self.stats = WriterStats()
+        self.metrics = WriterMetrics()
+        self._stream_last = 0  # the stream's last sequence when last asked (for the lag metric)
         self._buf: list[_Msg] = []
         self._first_at = 0.0
         self._last_seen = 0
@@ -132,9 +136,9 @@ class StorageWriter:
         # unacked ones only after ack_wait, and an ack-all of the new ones would ack the lost ones too.
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(self.stream.name, self.consumer)
-        start = {"deliver_policy": DeliverPolicy.ALL}
+        policy, start_seq = DeliverPolicy.ALL, None
         if self._last_seen:
-            start = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": self._last_seen + 1}
+            policy, start_seq = DeliverPolicy.BY_START_SEQUENCE, self._last_seen + 1
         sub = await js.subscribe(
             self.subject,
             durable=self.consumer,
@@ -146,7 +150,8 @@ class StorageWriter:
             config=ConsumerConfig(
                 durable_name=self.consumer,
                 deliver_subject=f"_mp.deliver.{self.consumer}",
-                **start,
+                deliver_policy=policy,
+                opt_start_seq=start_seq,
                 ack_policy=AckPolicy.ALL,
                 ack_wait=300.0,  # a slow store must not trigger redeliveries of what it holds
                 max_ack_pending=self.max_ack_pending,
@@ -207,6 +212,7 @@ class StorageWriter:
                 break
             except Exception as exc:  # the store is down or full: hold the batch and try again
                 self.stats.store_errors += 1
+                await self._sync_metrics()
                 log.error(
                     "storage writer: commit of %d messages failed (%s); retrying in %.1fs", len(batch), exc, delay
                 )
@@ -221,8 +227,19 @@ class StorageWriter:
         self.stats.duplicates += rows - inserted
         for spec, df in frames:
             self.stats.stored_by_table[spec.table] += df.height
+            self.stats.stored_by_type[spec.data_type] += df.height
         self.stats.position = last_seq
         await batch[-1].raw.ack()  # ack_policy=all: acks the whole batch
+        await self._sync_metrics()
+
+    async def _sync_metrics(self) -> None:
+        s = self.stats
+        with contextlib.suppress(Exception):  # the lag is informative; never fail a batch over it
+            info = await self.nc.jetstream().stream_info(self.stream.name)
+            self._stream_last = int(info.state.last_seq)
+        self.metrics.sync(stored=s.stored_by_type, dead=s.dead_by_reason, duplicates=s.duplicates,
+                          errors_=s.store_errors, commit_s=s.last_commit_s,
+                          lag=max(0, self._stream_last - s.position))  # fmt: skip
 
     def _frames(self, batch: list[_Msg]) -> tuple[list[tuple[TableSpec, pl.DataFrame]], list[tuple[_Msg, str]]]:
         by_type: dict[str, list[_Msg]] = defaultdict(list)
