@@ -191,11 +191,11 @@ class SlowStore(DuckDBStore):
 
     delay_s = 0.5
 
-    def commit(self, frames, consumer, last_seq):  # type: ignore[no-untyped-def]
+    def commit(self, frames, consumer, last_seq, first_seq=0):  # type: ignore[no-untyped-def]
         import time
 
         time.sleep(self.delay_s)
-        return super().commit(frames, consumer, last_seq)
+        return super().commit(frames, consumer, last_seq, first_seq)
 
 
 async def test_a_slow_store_holds_the_consumer_back_instead_of_filling_memory(tmp_path: Path, nats_client) -> None:

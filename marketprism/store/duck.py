@@ -66,7 +66,13 @@ class DuckDBStore:
             rows = _exec(self.con, "SELECT stream_seq FROM _bus_positions WHERE consumer = ?", [consumer])
         return int(rows[0][0]) if rows else 0
 
-    def commit(self, frames: Sequence[tuple[TableSpec, pl.DataFrame]], consumer: str, last_seq: int) -> int:
+    def resume(self, consumer: str) -> tuple[int, int | None]:
+        """Where ``consumer`` resumes: rows and position commit together, so there is never a half batch."""
+        return self.position(consumer), None
+
+    def commit(
+        self, frames: Sequence[tuple[TableSpec, pl.DataFrame]], consumer: str, last_seq: int, first_seq: int = 0
+    ) -> int:
         """Insert every frame and move ``consumer`` to ``last_seq``, atomically. Returns rows inserted."""
         self.ensure_tables([spec for spec, _ in frames])
         inserted = 0

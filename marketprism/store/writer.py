@@ -51,7 +51,13 @@ class HotStore(Protocol):
 
     def position(self, consumer: str) -> int: ...
 
-    def commit(self, frames: Sequence[tuple[TableSpec, pl.DataFrame]], consumer: str, last_seq: int) -> int: ...
+    def resume(self, consumer: str) -> tuple[int, int | None]:
+        """(stream position to resume after, last seq of an uncommitted batch to re-form exactly, or None)."""
+        ...
+
+    def commit(
+        self, frames: Sequence[tuple[TableSpec, pl.DataFrame]], consumer: str, last_seq: int, first_seq: int = 0
+    ) -> int: ...
 
     def close(self) -> None: ...
 
@@ -116,6 +122,7 @@ class StorageWriter:
         self.stats = WriterStats()
         self.metrics = WriterMetrics()
         self._stream_last = 0  # the stream's last sequence when last asked (for the lag metric)
+        self._cut_at: int | None = None  # a crashed run's uncommitted batch ends here: re-form it exactly
         self._buf: list[_Msg] = []
         self._first_at = 0.0
         self._last_seen = 0
@@ -130,7 +137,8 @@ class StorageWriter:
         js = self.nc.jetstream()
         await ensure_stream(js, self.stream)
         await ensure_dlq(js)
-        self.stats.position = self._last_seen = await asyncio.to_thread(self.store.position, self.consumer)
+        position, self._cut_at = await asyncio.to_thread(self.store.resume, self.consumer)
+        self.stats.position = self._last_seen = position
         # The store's position is the truth; the consumer is only a cursor. It is recreated to start right after
         # that position: a consumer kept from a crashed run would send new messages first and redeliver the
         # unacked ones only after ack_wait, and an ack-all of the new ones would ack the lost ones too.
@@ -165,13 +173,19 @@ class StorageWriter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._until_due())
                 self._wake.clear()
-                while self._buf and (len(self._buf) >= self.batch_rows or self._due()):
+                while self._buf and self._ready():
                     await self._flush()
-            while self._buf:  # what is already here is stored before the writer goes
+            # What is already here is stored before the writer goes (but never a part of a crashed batch).
+            while self._buf and (self._cut_at is None or self._ready()):
                 await self._flush()
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()  # the durable consumer stays: the next run resumes from its acks
+
+    def _ready(self) -> bool:
+        if self._cut_at is not None:  # only the whole crashed batch, never a part of it (see the store's resume)
+            return self._buf[-1].seq >= self._cut_at
+        return len(self._buf) >= self.batch_rows or self._due()
 
     def _until_due(self) -> float:
         if not self._buf:
@@ -198,7 +212,11 @@ class StorageWriter:
             self._wake.set()
 
     async def _flush(self) -> None:
-        batch, self._buf = self._buf[: self.batch_rows], self._buf[self.batch_rows :]
+        size = self.batch_rows
+        if self._cut_at is not None:
+            size = sum(1 for m in self._buf if m.seq <= self._cut_at)
+            self._cut_at = None
+        batch, self._buf = self._buf[:size], self._buf[size:]
         self._first_at = time.monotonic()  # what is left is due one period from now at the latest
         frames, dead = self._frames(batch)
         if dead:
@@ -208,7 +226,7 @@ class StorageWriter:
         while True:
             t0 = time.perf_counter()
             try:
-                inserted = await asyncio.to_thread(self.store.commit, frames, self.consumer, last_seq)
+                inserted = await asyncio.to_thread(self.store.commit, frames, self.consumer, last_seq, batch[0].seq)
                 break
             except Exception as exc:  # the store is down or full: hold the batch and try again
                 self.stats.store_errors += 1
