@@ -40,7 +40,7 @@ class ClickHouseStore:
         if parts.scheme not in ("http", "https", "clickhouse") or not parts.hostname:
             raise ValueError(f"ClickHouse URL must be http(s)://[user:password@]host:port[/database], got {url!r}")
         self.database = database or (parts.path.strip("/") or "marketprism")
-        self._connect = {
+        self._connect: dict[str, Any] = {
             "host": parts.hostname,
             "port": parts.port or (8443 if parts.scheme == "https" else 8123),
             "username": unquote(parts.username or "default"),
