@@ -75,3 +75,25 @@ def processor_deployment_args(
         "tags": ["marketprism", "long-running", "book-processor"],
         "description": f"Keeps every symbol's order book in sync; restarts itself within {interval_s:.0f}s.",
     }
+
+
+WRITER_DEPLOYMENT = "storage-writer"
+
+
+def writer_deployment_args(
+    nats_url: str | None = None, duckdb_path: str | None = None, interval_s: float = RESTART_INTERVAL_S
+) -> dict[str, Any]:
+    """Arguments of ``storage_writer.to_deployment``: long-running, restarts itself like the collectors."""
+    params: dict[str, Any] = {}
+    if nats_url:
+        params["nats_url"] = nats_url
+    if duckdb_path:
+        params["duckdb_path"] = duckdb_path
+    return {
+        "name": WRITER_DEPLOYMENT,
+        "parameters": params,
+        "interval": interval_s,
+        "concurrency_limit": ONE_AT_A_TIME,
+        "tags": ["marketprism", "long-running", "storage-writer"],
+        "description": f"Stores every bus record in the hot store, exactly once; restarts within {interval_s:.0f}s.",
+    }

@@ -30,6 +30,7 @@ from marketprism.bus.server import LocalNatsServer, free_port
 from marketprism.control import request
 from marketprism.processor import PROCESSOR
 from marketprism.procs import die_with_parent
+from marketprism.store.writer import WRITER
 from marketprism.venues import VENUES
 
 log = logging.getLogger(__name__)
@@ -175,12 +176,15 @@ async def serve_and_watch(
     from deployments.automations import ensure_automations
     from deployments.definitions import (
         PROCESSOR_DEPLOYMENT,
+        WRITER_DEPLOYMENT,
         collector_deployment_args,
         collector_deployment_name,
         processor_deployment_args,
+        writer_deployment_args,
     )
     from flows.book_processor import book_processor
     from flows.collector import collector
+    from flows.storage_writer import storage_writer
 
     async with get_client() as client:
         await ensure_automations(client)
@@ -193,6 +197,9 @@ async def serve_and_watch(
     args = processor_deployment_args(status.nats_url, rest_bases)
     await replace_work_pool_deployment(f"book-processor/{args['name']}")
     deployment_ids.append(await runner.aadd_deployment(await book_processor.ato_deployment(**args)))
+    args = writer_deployment_args(status.nats_url, str(opts.data_dir.resolve() / "hot.duckdb"))
+    await replace_work_pool_deployment(f"storage-writer/{args['name']}")
+    deployment_ids.append(await runner.aadd_deployment(await storage_writer.ato_deployment(**args)))
     await forget_stale_runs(deployment_ids)
     runner_task = asyncio.create_task(runner.start(webserver=False))
     loop = asyncio.get_running_loop()
@@ -200,6 +207,7 @@ async def serve_and_watch(
     for sig in (signal.SIGINT, signal.SIGTERM):  # the runner installs its own SIGTERM handler: ours wins
         loop.add_signal_handler(sig, stop.set)
     run_ids = [(await run_deployment(f"book-processor/{PROCESSOR_DEPLOYMENT}", timeout=0)).id]  # type: ignore[misc]
+    run_ids.append((await run_deployment(f"storage-writer/{WRITER_DEPLOYMENT}", timeout=0)).id)  # type: ignore[misc]
     for venue in opts.venues:
         run = await run_deployment(f"collector/{collector_deployment_name(venue)}", timeout=0)  # type: ignore[misc]
         run_ids.append(run.id)
@@ -292,6 +300,8 @@ async def shutdown(opts: StackOptions, nc: Any, runner: Any, deployment_ids: lis
                 await request(nc, venue, "stop", timeout_s=2.0)
         with contextlib.suppress(Exception):  # then what consumes them
             await request(nc, PROCESSOR, "stop", timeout_s=2.0)
+        with contextlib.suppress(Exception):  # the writer last: it commits what it holds
+            await request(nc, WRITER, "stop", timeout_s=2.0)
         deadline = time.monotonic() + 30
         active = {"RUNNING", "PENDING", "CANCELLING"}
         while time.monotonic() < deadline and any(r.state_type.value in active for r in await runs()):

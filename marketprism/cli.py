@@ -23,6 +23,7 @@ from marketprism.config import ConfigError
 from marketprism.config_cli import config_app
 from marketprism.records import DataType
 from marketprism.runner import DEFAULT_SYMBOLS, CollectorSpec, RunReport, run_collectors
+from marketprism.store.cli import query as store_query
 from marketprism.store.cli import store_app
 from marketprism.stream.session import SessionConfig
 from marketprism.venues import VENUES, get_venue
@@ -31,6 +32,7 @@ app = typer.Typer(help="MarketPrism: exact crypto market data into NATS JetStrea
 app.add_typer(config_app, name="config")
 app.add_typer(book_app, name="book")
 app.add_typer(store_app, name="store")
+app.command("query")(store_query)  # `marketprism query "SQL"` = `marketprism store query "SQL"`
 console = Console()
 
 

@@ -26,7 +26,7 @@ def test_prefect_deploy_all_registers_every_deployment(prefect_api: str) -> None
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     declared = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
-    assert set(declared) == {f"collector-{v.replace('_', '-')}" for v in VENUES} | {"book-processor"}
+    assert set(declared) == {f"collector-{v.replace('_', '-')}" for v in VENUES} | {"book-processor", "storage-writer"}
 
     async def registered() -> list:
         from prefect.client.orchestration import get_client
@@ -38,7 +38,11 @@ def test_prefect_deploy_all_registers_every_deployment(prefect_api: str) -> None
     assert set(found) == set(declared)
     for name, d in found.items():
         assert d.entrypoint == declared[name]["entrypoint"]
-        assert d.entrypoint in ("flows/collector.py:collector", "flows/book_processor.py:book_processor")
+        assert d.entrypoint in (
+            "flows/collector.py:collector",
+            "flows/book_processor.py:book_processor",
+            "flows/storage_writer.py:storage_writer",
+        )
         assert d.work_pool_name == "marketprism-process"
         assert d.parameters == declared[name]["parameters"]
         assert [s.schedule.interval.total_seconds() for s in d.schedules] == [60.0]

@@ -69,7 +69,7 @@ def test_up_runs_the_stack_under_prefect_and_stops_cleanly_on_sigterm(
     assert proc.returncode == 0, out[-3000:]
     assert "MarketPrism is up: Prefect UI" in out
     report = final_report(out)
-    assert len(report["flow_runs"]) >= 3  # two collectors and the book processor
+    assert len(report["flow_runs"]) >= 4  # two collectors, the book processor and the storage writer
     assert set(report["flow_runs"].values()) <= {"COMPLETED", "CANCELLED"}, report["flow_runs"]
 
     async def check_api() -> None:
@@ -131,6 +131,16 @@ def test_up_embedded_defaults_start_their_own_prefect_server_and_bus(tmp_path: P
             os.killpg(proc.pid, signal.SIGKILL)  # `up` and the services it started
     assert proc.returncode == 0, out[-3000:]
     report = final_report(out)
-    assert sorted(report["flow_runs"].values()) == ["COMPLETED", "COMPLETED"]  # the collector and the book processor
+    # the collector, the book processor and the storage writer
+    assert sorted(report["flow_runs"].values()) == ["COMPLETED", "COMPLETED", "COMPLETED"]
     assert report["venues"]["bybit_linear"]["records"] > 50
     assert (data / "prefect" / "prefect.db").exists() and (data / "nats" / "jetstream").is_dir()
+    import duckdb
+
+    con = duckdb.connect(str(data / "hot.duckdb"), read_only=True)  # the writer stored the run
+    try:
+        stored = dict(con.execute("SELECT 'trades', count(*) FROM trades UNION ALL "
+                                  "SELECT 'book_deltas', count(*) FROM book_deltas").fetchall())  # fmt: skip
+    finally:
+        con.close()
+    assert stored["trades"] > 0 and stored["book_deltas"] > 0

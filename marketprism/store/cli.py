@@ -98,6 +98,9 @@ def migrate(
     except HotStoreLocked as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except FileNotFoundError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(orjson.dumps(summary.as_dict(details), default=str).decode())
     if summary.errors:
         raise typer.Exit(1)

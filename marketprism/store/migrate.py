@@ -266,12 +266,15 @@ def open_hot(path: str | Path, *, read_only: bool = False) -> DuckDBStore:
 @contextlib.contextmanager
 def _hot_connection(hot: DuckDBStore | str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
     if isinstance(hot, DuckDBStore):
-        con = hot.con.cursor()  # its own connection to the writer's database: MVCC against the writer's commits
+        with hot._lock:  # its own connection to the writer's database: MVCC against the writer's commits
+            con = hot.con.cursor()
         try:
             yield con
         finally:
             con.close()
         return
+    if str(hot) != ":memory:" and not Path(hot).exists():
+        raise FileNotFoundError(f"no hot store at {hot}")
     store = open_hot(hot)
     try:
         con = store.con.cursor()

@@ -80,7 +80,8 @@ class QuerySurface:
         self.hot_note = ""
         self._attached = False
         if store is not None:
-            self.con = store.con.cursor()
+            with store._lock:
+                self.con = store.con.cursor()
             self.hot_catalog: str | None = str(self.con.execute("SELECT current_database()").fetchall()[0][0])
             self.hot_status = "in-process"
         else:

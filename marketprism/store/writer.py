@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
+import orjson
 import polars as pl
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -37,11 +38,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolic
 from nats.js.errors import NotFoundError
 
 from marketprism.bus.stream import MarketDataStream, ensure_stream
+from marketprism.control import control_subject
 from marketprism.metrics import WriterMetrics
 from marketprism.store.schema import TableSpec, table_spec
 
 log = logging.getLogger(__name__)
 
+WRITER = "storage_writer"  # its name on the control plane: mp.control.storage_writer.<verb>
 DLQ_STREAM = "MARKET_DATA_DLQ"
 DLQ_PREFIX = "mp.dlq"
 
@@ -168,6 +171,7 @@ class StorageWriter:
             ),
         )
         log.info("storage writer %s: %s from stream position %d", self.consumer, self.store.backend, self._last_seen)
+        control = await self.nc.subscribe(control_subject(WRITER, "*"), cb=self._control)
         try:
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -180,7 +184,20 @@ class StorageWriter:
                 await self._flush()
         finally:
             with contextlib.suppress(Exception):
+                await control.unsubscribe()
+            with contextlib.suppress(Exception):
                 await sub.unsubscribe()  # the durable consumer stays: the next run resumes from its acks
+
+    async def _control(self, msg: Any) -> None:
+        verb = msg.subject.rsplit(".", 1)[1]
+        if verb == "stop":
+            self.stop()
+        s = self.stats
+        body = {"ok": True, "backend": self.store.backend, "position": s.position, "stored": s.stored,
+                "buffered": len(self._buf), "dead_lettered": s.dead_lettered,
+                "store_errors": s.store_errors}  # fmt: skip
+        if msg.reply:
+            await msg.respond(orjson.dumps(body))
 
     def _ready(self) -> bool:
         if self._cut_at is not None:  # only the whole crashed batch, never a part of it (see the store's resume)
