@@ -97,3 +97,27 @@ def writer_deployment_args(
         "tags": ["marketprism", "long-running", "storage-writer"],
         "description": f"Stores every bus record in the hot store, exactly once; restarts within {interval_s:.0f}s.",
     }
+
+
+MIGRATION_DEPLOYMENT = "hot-to-cold"
+MIGRATION_CRON = "17 * * * *"  # hourly: a no-op until a day passes the retention, then that day moves
+
+
+def migration_deployment_args(nats_url: str | None = None, duckdb_path: str | None = None,
+                              parquet_root: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Arguments of ``hot_to_cold.to_deployment``: a scheduled flow (it runs and ends)."""
+    params: dict[str, Any] = {}
+    if nats_url:
+        params["nats_url"] = nats_url
+    if duckdb_path:
+        params["duckdb_path"] = duckdb_path
+    if parquet_root:
+        params["parquet_root"] = parquet_root
+    return {
+        "name": MIGRATION_DEPLOYMENT,
+        "parameters": params,
+        "cron": MIGRATION_CRON,
+        "concurrency_limit": ONE_AT_A_TIME,
+        "tags": ["marketprism", "scheduled", "storage"],
+        "description": "Moves hot partitions older than the retention to verified Parquet, then deletes them from hot.",
+    }

@@ -179,11 +179,13 @@ async def serve_and_watch(
         WRITER_DEPLOYMENT,
         collector_deployment_args,
         collector_deployment_name,
+        migration_deployment_args,
         processor_deployment_args,
         writer_deployment_args,
     )
     from flows.book_processor import book_processor
     from flows.collector import collector
+    from flows.hot_to_cold import hot_to_cold
     from flows.storage_writer import storage_writer
 
     async with get_client() as client:
@@ -200,6 +202,10 @@ async def serve_and_watch(
     args = writer_deployment_args(status.nats_url, str(opts.data_dir.resolve() / "hot.duckdb"))
     await replace_work_pool_deployment(f"storage-writer/{args['name']}")
     deployment_ids.append(await runner.aadd_deployment(await storage_writer.ato_deployment(**args)))
+    data = opts.data_dir.resolve()
+    args = migration_deployment_args(status.nats_url, str(data / "hot.duckdb"), str(data / "cold"))
+    await replace_work_pool_deployment(f"hot-to-cold/{args['name']}")
+    deployment_ids.append(await runner.aadd_deployment(await hot_to_cold.ato_deployment(**args)))
     await forget_stale_runs(deployment_ids)
     runner_task = asyncio.create_task(runner.start(webserver=False))
     loop = asyncio.get_running_loop()

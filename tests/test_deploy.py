@@ -26,7 +26,11 @@ def test_prefect_deploy_all_registers_every_deployment(prefect_api: str) -> None
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     declared = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
-    assert set(declared) == {f"collector-{v.replace('_', '-')}" for v in VENUES} | {"book-processor", "storage-writer"}
+    assert set(declared) == {f"collector-{v.replace('_', '-')}" for v in VENUES} | {
+        "book-processor",
+        "storage-writer",
+        "hot-to-cold",
+    }
 
     async def registered() -> list:
         from prefect.client.orchestration import get_client
@@ -42,9 +46,13 @@ def test_prefect_deploy_all_registers_every_deployment(prefect_api: str) -> None
             "flows/collector.py:collector",
             "flows/book_processor.py:book_processor",
             "flows/storage_writer.py:storage_writer",
+            "flows/hot_to_cold.py:hot_to_cold",
         )
         assert d.work_pool_name == "marketprism-process"
         assert d.parameters == declared[name]["parameters"]
-        assert [s.schedule.interval.total_seconds() for s in d.schedules] == [60.0]
+        if name == "hot-to-cold":  # scheduled, not long-running
+            assert [s.schedule.cron for s in d.schedules] == ["17 * * * *"]
+        else:
+            assert [s.schedule.interval.total_seconds() for s in d.schedules] == [60.0]
         assert d.global_concurrency_limit is not None and d.global_concurrency_limit.limit == 1
         assert d.concurrency_options is not None and d.concurrency_options.collision_strategy.value == "CANCEL_NEW"

@@ -192,12 +192,32 @@ class StorageWriter:
         verb = msg.subject.rsplit(".", 1)[1]
         if verb == "stop":
             self.stop()
+        if verb == "migrate":  # the hot DuckDB file is this process's: hot->cold runs here, beside the commits
+            await self._migrate(msg)
+            return
         s = self.stats
         body = {"ok": True, "backend": self.store.backend, "position": s.position, "stored": s.stored,
                 "buffered": len(self._buf), "dead_lettered": s.dead_lettered,
                 "store_errors": s.store_errors}  # fmt: skip
         if msg.reply:
             await msg.respond(orjson.dumps(body))
+
+    async def _migrate(self, msg: Any) -> None:
+        from marketprism.store.duck import DuckDBStore
+        from marketprism.store.migrate import migrate
+
+        try:
+            if not isinstance(self.store, DuckDBStore):
+                raise ValueError(f"hot->cold migration runs on a DuckDB hot store, not {self.store.backend}")
+            args = orjson.loads(msg.data or b"{}")
+            summary = await asyncio.to_thread(migrate, self.store, args["parquet_root"],
+                                              retention_days=int(args.get("retention_days", 7)))  # fmt: skip
+            body: dict[str, Any] = {"ok": True, "summary": summary.as_dict()}
+        except Exception as exc:  # reported to the asker; the writer carries on
+            log.error("storage writer: migration failed: %s", exc)
+            body = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if msg.reply:
+            await msg.respond(orjson.dumps(body, default=str))
 
     def _ready(self) -> bool:
         if self._cut_at is not None:  # only the whole crashed batch, never a part of it (see the store's resume)
