@@ -130,6 +130,8 @@ async def run_stack(
             status.nats_url = opts.nats_url
         else:
             status.nats_url = stack.enter_context(LocalNatsServer(data_dir / "nats")).url
+            # Where `marketprism query` finds the running stack (to query the hot store through the writer).
+            (data_dir / "nats" / "url").write_text(status.nats_url + "\n")
         api_url = os.environ.get("PREFECT_API_URL")
         if not api_url:
             api_url, server = prefect_server(data_dir, dict(os.environ))

@@ -36,7 +36,13 @@ async def hot_to_cold(
     servers = nats_url or config.nats.servers
     if servers:
         try:
-            nc = await connect(servers, name="marketprism-hot-to-cold", max_reconnect_attempts=1)
+            nc = await connect(
+                servers,
+                name="marketprism-hot-to-cold",
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                connect_timeout=5,
+            )
         except Exception as exc:  # no bus: nobody to ask, so the file is free
             logger.info("no NATS (%s): migrating directly", exc)
         else:

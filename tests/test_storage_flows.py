@@ -82,3 +82,33 @@ def test_hot_to_cold_flow_migrates_through_the_running_writer_then_alone(prefect
     con = duckdb.connect()
     n, keys = con.execute(f"SELECT count(*), count(DISTINCT key) FROM read_parquet('{cold}/**/*.parquet')").fetchone()
     assert (n, keys) == (400, 400)
+
+
+async def test_query_from_another_process_reaches_hot_rows_through_the_running_writer(
+    nats_server: LocalNatsServer, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    nc = await connect(nats_server.url)
+    await ensure_stream(nc.jetstream(), MarketDataStream())
+    await publish(nc, [trade(i) for i in range(250)])
+    store = DuckDBStore(tmp_path / "hot.duckdb")  # this process holds the file: no other process can open it
+    writer = StorageWriter(nc, store, batch_rows=100, batch_seconds=0.1)
+    task = asyncio.create_task(writer.run())
+    try:
+        assert await wait_for(lambda: writer.stats.position == 250, 20)
+        cmd = [sys.executable, "-m", "marketprism.cli", "query", "SELECT count(*) AS n FROM trades", "-f", "csv",
+               "--duckdb", str(tmp_path / "hot.duckdb"), "--parquet-root", str(tmp_path / "cold")]  # fmt: skip
+        via_writer = await asyncio.to_thread(subprocess.run, [*cmd, "--nats", nats_server.url], capture_output=True,
+                                             text=True, timeout=60)  # fmt: skip
+        no_bus = await asyncio.to_thread(subprocess.run, [*cmd, "--nats", "nats://127.0.0.1:1"], capture_output=True,
+                                         text=True, timeout=60)  # fmt: skip
+    finally:
+        writer.stop()
+        await task
+        store.close()
+        await nc.close()
+    assert via_writer.returncode == 0, via_writer.stderr
+    assert via_writer.stdout.split() == ["n", "250"] and "warning" not in via_writer.stderr
+    assert no_bus.returncode == 0 and no_bus.stdout.split() == ["n", "0"] and "cold data only" in no_bus.stderr

@@ -62,6 +62,7 @@ async def _write(
             "stored_by_table": dict(s.stored_by_table)}  # fmt: skip
 
 
+_NATS_HELP = "NATS URL of the running stack (default: nats.servers, or the URL `up` left in <data dir>/nats/url)"
 _COLD_HELP = "cold root, any fsspec path (default: storage.parquet_path)"
 
 
@@ -116,9 +117,11 @@ def query(
     hot: Annotated[str, typer.Option(help="auto: hot if not locked by the writer, else cold only | require | skip")] = (
         "auto"
     ),
+    nats: Annotated[str | None, typer.Option(help=_NATS_HELP)] = None,
 ) -> None:
-    """Run SQL over hot and cold together. While the writer holds the hot file, --hot auto answers from cold only
-    (with a warning); --hot require fails instead."""
+    """Run SQL over hot and cold together. While the storage writer holds the hot file, the query runs inside the
+    writer (asked over NATS); when no writer answers, --hot auto answers from cold only (with a warning) and
+    --hot require fails."""
     if format not in ("table", "csv", "parquet"):
         raise typer.BadParameter("--format must be table, csv or parquet")
     if hot not in ("auto", "require", "skip"):
@@ -136,14 +139,76 @@ def query(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     with surface:
-        if surface.hot_status == "locked":
-            typer.echo(f"warning: {surface.hot_note}", err=True)
-        try:
-            df = surface.sql(sql)
-        except ddb.Error as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+        locked = surface.hot_status == "locked"
+        if not locked:
+            try:
+                df = surface.sql(sql)
+            except ddb.Error as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from None
+        note = surface.hot_note
+    if locked:
+        via_writer = asyncio.run(_query_writer(sql, parquet_root, nats, duckdb))
+        if isinstance(via_writer, str) and via_writer.startswith("error:"):
+            typer.echo(via_writer, err=True)
+            raise typer.Exit(1)
+        if via_writer is None:
+            typer.echo(f"warning: {note}; no storage writer answered: cold data only", err=True)
+            with QuerySurface(duckdb, parquet_root, hot="skip") as cold_only:
+                df = cold_only.sql(sql)
+        else:
+            assert isinstance(via_writer, pl.DataFrame)
+            df = via_writer
     _emit(df, format, output)
+
+
+def _nats_url(nats: str | None, duckdb: str | None) -> str | None:
+    from pathlib import Path
+
+    from marketprism.config import ConfigError, resolve
+    from marketprism.store.query import storage_defaults
+
+    if nats:
+        return nats
+    try:
+        servers = resolve()[0].nats.servers
+    except ConfigError:
+        servers = []
+    if servers:
+        return servers[0]
+    left_by_up = Path(duckdb or storage_defaults()[0]).parent / "nats" / "url"
+    return left_by_up.read_text().strip() if left_by_up.is_file() else None
+
+
+async def _query_writer(sql: str, parquet_root: str | None, nats: str | None, duckdb: str | None) -> object:
+    """The result from the running writer (a DataFrame), an "error: ..." string, or None if no writer answered."""
+    import os
+
+    from marketprism.bus.publisher import connect
+    from marketprism.control import request
+    from marketprism.store.writer import WRITER
+
+    url = _nats_url(nats, duckdb)
+    if not url:
+        return None
+    try:
+        nc = await connect(
+            url, name="marketprism-query", allow_reconnect=False, max_reconnect_attempts=1, connect_timeout=2
+        )
+    except Exception:
+        return None
+    try:
+        reply = await request(nc, WRITER, "query", {"sql": sql, "parquet_root": parquet_root}, timeout_s=600)
+    except Exception:  # no responders, timeout: no writer here
+        return None
+    finally:
+        await nc.close()
+    if not reply.get("ok"):
+        return f"error: {reply.get('error')}"
+    try:
+        return pl.read_parquet(reply["path"])
+    finally:
+        os.unlink(reply["path"])
 
 
 def _emit(df: pl.DataFrame, format: str, output: str | None) -> None:

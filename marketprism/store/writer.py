@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -195,6 +197,9 @@ class StorageWriter:
         if verb == "migrate":  # the hot DuckDB file is this process's: hot->cold runs here, beside the commits
             await self._migrate(msg)
             return
+        if verb == "query":  # ...and so do queries that need the hot rows (marketprism query from elsewhere)
+            await self._query(msg)
+            return
         s = self.stats
         body = {"ok": True, "backend": self.store.backend, "position": s.position, "stored": s.stored,
                 "buffered": len(self._buf), "dead_lettered": s.dead_lettered,
@@ -218,6 +223,30 @@ class StorageWriter:
             body = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         if msg.reply:
             await msg.respond(orjson.dumps(body, default=str))
+
+    async def _query(self, msg: Any) -> None:
+        """Run SQL over hot + cold on this process's connection; the result goes to a Parquet file whose path is
+        the reply (a result can be larger than a NATS message; the asker reads and deletes the file)."""
+        from marketprism.store.duck import DuckDBStore
+        from marketprism.store.query import QuerySurface
+
+        def run(sql: str, root: str | None) -> dict[str, Any]:
+            if not isinstance(self.store, DuckDBStore):
+                raise ValueError(f"queries through the writer need a DuckDB hot store, not {self.store.backend}")
+            with QuerySurface(parquet_root=root, store=self.store) as surface:
+                df = surface.sql(sql)
+            fd, path = tempfile.mkstemp(prefix="marketprism-query-", suffix=".parquet")
+            os.close(fd)
+            df.write_parquet(path)
+            return {"ok": True, "path": path, "rows": df.height}
+
+        try:
+            args = orjson.loads(msg.data or b"{}")
+            body = await asyncio.to_thread(run, args["sql"], args.get("parquet_root"))
+        except Exception as exc:  # reported to the asker; the writer carries on
+            body = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if msg.reply:
+            await msg.respond(orjson.dumps(body))
 
     def _ready(self) -> bool:
         if self._cut_at is not None:  # only the whole crashed batch, never a part of it (see the store's resume)
