@@ -39,6 +39,11 @@ class DataType(StrEnum):
     STATUS = "status"
     BOOK = "book"  # marketprism.book.records.Book: top-N snapshot of a validated local book
     BOOK_DELTA = "book_delta"  # marketprism.book.records.BookDelta: validated incremental L2
+    FUNDING_RATE = "funding_rate"
+    OPEN_INTEREST = "open_interest"
+    LIQUIDATION = "liquidation"
+    LONG_SHORT_RATIO = "long_short_ratio"
+    VOLATILITY_INDEX = "volatility_index"
 
 
 class Side(StrEnum):
@@ -182,11 +187,103 @@ class Status(Record, kw_only=True, gc=False):
         return f"status:{self.exchange}:{self.market}:{self.symbol}:{self.connection}:{self.event}"
 
 
+class FundingRate(Record, kw_only=True, gc=False):
+    """Funding and the prices it is computed from, as the venue publishes them (stream or REST).
+
+    ``funding_rate`` is the rate for the funding at ``funding_time`` (µs; the next funding for a live stream, the
+    settled one for history); ``predicted_rate`` the venue's estimate of the following one (OKX
+    ``nextFundingRate``); ``mark_price``/``index_price`` where the same message carries them (Binance
+    ``markPriceUpdate``, OKX ``mark-price`` has only the mark). Rates and prices are the venue's decimal strings.
+    """
+
+    data_type: ClassVar[DataType] = DataType.FUNDING_RATE
+
+    funding_rate: str | None = None
+    funding_time: int | None = None
+    predicted_rate: str | None = None
+    mark_price: str | None = None
+    index_price: str | None = None
+
+    def natural_key(self) -> str:
+        return f"funding_rate:{self.exchange}:{self.market}:{self.symbol}:{self.ts}"
+
+
+class OpenInterest(Record, kw_only=True, gc=False):
+    """Open interest at ``ts``: ``open_interest`` in the venue's unit (contracts or base currency, as it sends it),
+    ``open_interest_value`` in quote currency where the venue gives it (OKX ``oiUsd``/``oiCcy``, Binance
+    ``sumOpenInterestValue``)."""
+
+    data_type: ClassVar[DataType] = DataType.OPEN_INTEREST
+
+    open_interest: str
+    open_interest_value: str | None = None
+
+    def natural_key(self) -> str:
+        return f"open_interest:{self.exchange}:{self.market}:{self.symbol}:{self.ts}"
+
+
+class Liquidation(Record, kw_only=True, gc=False):
+    """A forced order. ``side`` is the liquidation order's side (a long position is liquidated by a sell);
+    ``status`` and ``order_id`` where the venue gives them. Venues send no id for most liquidations, so the
+    natural key is the event itself: time, side, price and size."""
+
+    data_type: ClassVar[DataType] = DataType.LIQUIDATION
+
+    side: str
+    price: str
+    size: str
+    status: str | None = None
+    order_id: str | None = None
+
+    def natural_key(self) -> str:
+        return f"liquidation:{self.exchange}:{self.market}:{self.symbol}:{self.ts}:{self.side}:{self.price}:{self.size}"
+
+
+class LongShortRatio(Record, kw_only=True, gc=False):
+    """One bucket of a long/short ratio series. ``kind``: ``top_position`` (top traders by position),
+    ``top_account`` (top traders by account), ``global_account`` (all accounts). ``period`` is the bucket size as
+    the venue names it (``5m``, ``1H``...). ``long_ratio``/``short_ratio`` are the shares where the venue sends
+    them (they sum to 1 there); ``long_short_ratio`` = long / short."""
+
+    data_type: ClassVar[DataType] = DataType.LONG_SHORT_RATIO
+
+    kind: str
+    period: str
+    long_short_ratio: str
+    long_ratio: str | None = None
+    short_ratio: str | None = None
+
+    def natural_key(self) -> str:
+        return f"long_short_ratio:{self.exchange}:{self.market}:{self.symbol}:{self.kind}:{self.period}:{self.ts}"
+
+
+class VolatilityIndex(Record, kw_only=True, gc=False):
+    """One candle of a volatility index (Deribit DVOL): ``resolution`` as the venue names it (seconds or ``1D``),
+    open/high/low/close as decimal strings. ``symbol`` is the index's currency pair (``BTC-USD``), ``instrument``
+    the index name (``BTC``)."""
+
+    data_type: ClassVar[DataType] = DataType.VOLATILITY_INDEX
+
+    resolution: str
+    open: str
+    high: str
+    low: str
+    close: str
+
+    def natural_key(self) -> str:
+        return f"volatility_index:{self.exchange}:{self.market}:{self.symbol}:{self.resolution}:{self.ts}"
+
+
 RECORD_TYPES: dict[DataType, type[Record]] = {
     DataType.TRADE: Trade,
     DataType.DEPTH: Depth,
     DataType.TICKER: Ticker,
     DataType.STATUS: Status,
+    DataType.FUNDING_RATE: FundingRate,
+    DataType.OPEN_INTEREST: OpenInterest,
+    DataType.LIQUIDATION: Liquidation,
+    DataType.LONG_SHORT_RATIO: LongShortRatio,
+    DataType.VOLATILITY_INDEX: VolatilityIndex,
 }
 
 # Quote assets recognised when a venue writes instruments without a separator (Binance, Bybit). Longest

@@ -224,7 +224,7 @@ def test_migrate_original_makes_a_valid_config_with_a_report() -> None:
     assert ("js_init_market_data.yaml:streams.MARKET_DATA.max_age", "nats.max_age_s") in maps
     dropped = dict(report.dropped)
     assert "deribit" in dropped["unified_data_collection.yaml:exchanges.deribit_derivatives"]
-    assert "does not collect funding_rate yet" in dropped[
+    assert "has no streaming channel for funding_rate" in dropped[
         "unified_data_collection.yaml:exchanges.binance_derivatives.data_types[funding_rate]"]  # fmt: skip
     assert "always on" in dropped["unified_data_collection.yaml:exchanges.binance_spot.orderbook.validation_enabled"]
     assert "verified" in dropped["cold_storage_config.yaml:replication"]
