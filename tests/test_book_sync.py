@@ -650,3 +650,43 @@ def test_engine_matches_the_simulators_true_book(venue, symbol, sub):
     ]
     if venue == "okx_spot":
         assert machine.counters.checksum_ok == 1001 and machine.counters.checksum_failed == 0
+
+
+def test_bybit_rest_snapshot_mid_stream_replays_the_deltas_held_since_the_loss():
+    """A gap loses the book; the REST snapshot (the true book at u = 20th delta, built from the recording) arrives
+    after more deltas went by: those past it are replayed from the hold, and the book then follows the stream to the
+    end exactly as a book that never lost anything."""
+    records = depth_records("bybit_linear", [(i, f) for i, f in enumerate(jsonl_frames(BYBIT))])
+    truth = BybitBookSync("bybit", "perpetual", "XRP-USDT", "XRPUSDT")
+    for r in records[:21]:
+        truth.feed(r)
+    bids, asks = truth.book.top(1000)
+    rest = Depth(exchange="bybit", market="perpetual", symbol="XRP-USDT", instrument="XRPUSDT", ts=records[20].ts,
+                 recv_ts=records[20].recv_ts, is_snapshot=True, bids=Depth.levels([list(b) for b in bids]),
+                 asks=Depth.levels([list(a) for a in asks]), seq=truth.last_seq)  # fmt: skip
+    machine = BybitBookSync("bybit", "perpetual", "XRP-USDT", "XRPUSDT")
+    for r in records[:11]:
+        machine.feed(r)
+    assert machine.feed(records[12]) is SyncResult.RESYNC  # records[11] lost
+    for r in records[13:31]:
+        machine.feed(r)  # held while the snapshot is on its way
+    assert not machine.synced
+    assert machine.snapshot(rest) is SyncResult.SNAPSHOT
+    assert machine.synced and machine.last_seq == records[30].seq  # 21..30 replayed from the hold
+    for r in records[31:]:
+        assert machine.feed(r) is SyncResult.APPLIED
+    for r in records[21:]:
+        truth.feed(r)
+    assert machine.book.top(1000) == truth.book.top(1000) and machine.last_seq == truth.last_seq
+    # A late REST answer, older than the book in sync, leaves the book alone.
+    assert machine.snapshot(rest) is SyncResult.DUPLICATE and machine.last_seq == truth.last_seq
+    assert machine.counters.stale_snapshots == 1
+    # Held deltas that start past the snapshot cannot bridge it: dropped, and the next live delta finds the gap.
+    late = BybitBookSync("bybit", "perpetual", "XRP-USDT", "XRPUSDT")
+    late.feed(records[0])
+    late.feed(records[25])  # gap: lost, held
+    late.feed(records[26])
+    assert late.snapshot(rest) is SyncResult.SNAPSHOT and late.last_seq == rest.seq
+    assert late.feed(records[27]) is SyncResult.RESYNC and late.counters.gaps == 2
+    late.disconnect()
+    assert late.counters.dropped_before_bridge >= 2

@@ -629,7 +629,17 @@ class OkxBookSync(_StreamSnapshotSync):
 
 
 class BybitBookSync(_StreamSnapshotSync):
-    """Bybit v5 ``orderbook.N``: snapshot, then deltas with ``u == previous u + 1``."""
+    """Bybit v5 ``orderbook.N``: snapshot, then deltas with ``u == previous u + 1``.
+
+    A lost book is resynced from a REST snapshot (``/v5/market/orderbook``, fetched by the processor), which
+    arrives while the stream goes on: deltas received meanwhile are buffered (up to ``buffer_limit``, newest
+    kept), and after the snapshot those with ``u`` past the snapshot's are applied in order, so the book does
+    not fall straight back into a gap. A REST snapshot not newer than a book already in sync is ignored.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._pending: deque[Depth] = deque()
 
     def _is_reset(self, snap: Depth) -> bool:
         # u == 1 is the documented service restart; any u not ahead of the book also restarts the chain.
@@ -642,9 +652,12 @@ class BybitBookSync(_StreamSnapshotSync):
         if self.state is _SYNCED and last is not None and depth.seq == last + 1 and not depth.is_snapshot:
             return self._apply(depth, last)
         if depth.is_snapshot:
+            self._pending.clear()  # the stream's own snapshot supersedes anything held for a REST one
             return self._snapshot(depth)
         if self.state is not _SYNCED:
-            return self._before_snapshot(depth)
+            result = self._before_snapshot(depth)
+            self._hold(depth)
+            return result
         if depth.seq is None:
             return self._lose(ResyncReason.MALFORMED, depth)
         assert last is not None
@@ -652,7 +665,62 @@ class BybitBookSync(_StreamSnapshotSync):
             self.counters.duplicates += 1
             return SyncResult.DUPLICATE
         self.counters.gaps += 1
-        return self._lose(ResyncReason.GAP, depth)
+        result = self._lose(ResyncReason.GAP, depth)
+        self._hold(depth)  # valid data: the REST snapshot may precede it
+        return result
+
+    def snapshot(self, depth: Depth) -> SyncResult:
+        """A REST snapshot: ignored when not newer than the book in sync (a late answer); else loaded, then the
+        deltas held since the book was lost are replayed from just after it."""
+        if self.state is _SYNCED and self.last_seq is not None and depth.seq is not None and depth.seq <= self.last_seq:
+            self.counters.frames += 1
+            self.counters.stale_snapshots += 1
+            self.wants = None
+            return SyncResult.DUPLICATE
+        result = super().snapshot(depth)
+        if self.state is _SYNCED:
+            self._replay_pending()
+        return result
+
+    def disconnect(self) -> SyncResult:
+        self.counters.dropped_before_bridge += len(self._pending)
+        self._pending.clear()  # deltas from before the disconnect cannot be chained to those after it
+        return super().disconnect()
+
+    def _hold(self, depth: Depth) -> None:
+        pending, seq = self._pending, depth.seq
+        if seq is None:
+            return
+        if pending:
+            prev = pending[-1].seq
+            assert prev is not None
+            if seq <= prev:
+                return
+            if seq != prev + 1:  # a gap inside what is held: nothing before it can be chained to what follows
+                self.counters.dropped_before_bridge += len(pending)
+                pending.clear()
+        if len(pending) >= self.buffer_limit:
+            pending.popleft()
+            self.counters.buffer_overflow += 1
+        pending.append(depth)
+        self.counters.buffered += 1
+
+    def _replay_pending(self) -> None:
+        pending, self._pending = self._pending, deque()
+        last = self.last_seq
+        while pending and last is not None and pending[0].seq is not None and pending[0].seq <= last:
+            pending.popleft()  # already in the snapshot
+            self.counters.dropped_before_bridge += 1
+        if pending and (last is None or pending[0].seq != last + 1):
+            # Held deltas start past the snapshot (the snapshot is older than them): the next live delta finds
+            # the gap and asks again; or they belong to a chain the venue restarted. Either way, not applicable.
+            self.counters.dropped_before_bridge += len(pending)
+            return
+        for depth in pending:
+            if self.state is not _SYNCED:
+                break
+            self.feed(depth)
+            self.counters.frames -= 1  # counted when it arrived
 
 
 # (exchange, market) -> machine; market "*" matches any market of the exchange.
