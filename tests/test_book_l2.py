@@ -1,25 +1,61 @@
 """L2Book: apply/load semantics, exact strings, numeric order, the sorted window, respelled prices, the OKX
-checksum (against the 290 recorded OKX checksums), and a property test against a plain reference model."""
+checksum (against the 290 recorded OKX checksums), and a property test against a plain reference model.
+
+Every test runs twice: with the compiled kernel (``_l2fast``, skipped when it is not built or
+``MARKETPRISM_PURE_PYTHON`` is set) and with the pure-Python code. The cross-checks at the end run both on
+the same inputs (every recorded book fixture, and generated JSON with odd spellings and malformed levels)
+and require the same books, byte for byte, the same checksums and the same errors."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import zlib
+from collections.abc import Callable, Iterator
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from marketprism.book import l2
 from marketprism.book.l2 import L2Book, okx_checksum
+from marketprism.book.snapshots import binance_depth_snapshot
 from marketprism.records import Depth
 from marketprism.venues import VENUES
-from tests.fixtures_util import jsonl_frames, requires_fixtures
+from tests.fixtures_util import fixture_path, jsonl_frames, requires_fixtures
+
+COMPILED = l2._l2fast  # the built kernel, whatever the environment says
+IN_USE = l2._fast  # what this process runs: None under MARKETPRISM_PURE_PYTHON=1 or without the kernel
+needs_compiled = pytest.mark.skipif(COMPILED is None, reason="the compiled kernel (_l2fast) is not built")
 
 OKX_BOOK_FILES = {
     "okx/books_BTC-USDT_2022-05-13.jsonl": 98,
     "okx/books_UNI-USD-SWAP_2022-05-13.jsonl": 93,
     "okx/books_BTC-USD-220527_2022-05-13.jsonl": 99,
 }
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with the compiled kernel, then with the pure-Python code (the cross-checks, named
+    ``test_compiled_*``, run once: they compare both)."""
+    if request.function.__name__.startswith("test_compiled_"):
+        if request.param == "python":
+            pytest.skip("compares both implementations in one run")
+        return "both"
+    if request.param == "compiled":
+        if IN_USE is None:
+            pytest.skip("compiled kernel not built or MARKETPRISM_PURE_PYTHON set")
+        monkeypatch.setattr(l2, "_fast", IN_USE)
+    else:
+        monkeypatch.setattr(l2, "_fast", None)
+    return str(request.param)
 
 
 def test_apply_keeps_exact_strings_and_orders_numerically():
@@ -194,3 +230,174 @@ def test_documented_okx_snapshot_checksums():
         book = L2Book()
         book.load_raw(snap.bids, snap.asks)
         assert book.okx_checksum() == checksum == snap.checksum
+
+
+# --- the compiled kernel against the pure-Python code ------------------------------------------------------
+def test_accelerated_reports_the_implementation_and_the_environment_forces_python():
+    assert l2.accelerated() == (l2._fast is not None)
+    code = "from marketprism.book import l2; print(l2.accelerated(), l2._l2fast is not None)"
+    env = {**os.environ, "MARKETPRISM_PURE_PYTHON": "1"}
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", str(COMPILED is not None)]
+
+
+def _run(fast: Any, fn: Callable[[], Any]) -> tuple[Any, ...]:
+    """``fn()`` with the kernel ``fast`` (None: pure Python): ("ok", result) or ("error", type, message)."""
+    saved = l2._fast
+    l2._fast = fast
+    try:
+        return ("ok", fn())
+    except Exception as e:
+        return ("error", type(e), str(e))
+    finally:
+        l2._fast = saved
+
+
+def _state(book: L2Book) -> tuple[Any, ...]:
+    """Everything the book holds, in order: the dicts' insertion order included."""
+    sides = [
+        (list(s.size.items()), [k.hex() for k in s.keys], list(s.prices), s.bound.hex(), s.window)  # hex: nan == nan
+        for s in (book._bids, book._asks)
+    ]
+    return (*sides, book._respelled)
+
+
+def _reads(book: L2Book, deep: bool = True) -> list[str]:
+    """What the book answers, as repr (nan == nan)."""
+    return [
+        repr(outcome)
+        for outcome in (
+            _run(
+                None, lambda: (book.bids() if deep else [], book.asks() if deep else [], book.top(5), book.best_bid())
+            ),
+            _run(None, lambda: (book.best_ask(), book.best_bid_price(), book.best_ask_price(), book.is_crossed())),
+            _run(None, book.okx_checksum),  # pure-Python checksum...
+            _run(COMPILED, book.okx_checksum),  # ...and the kernel's, on the same book
+        )
+    ]
+
+
+def _same_after(op: Callable[[L2Book], Any], pure: L2Book, fast: L2Book, deep: bool = True) -> None:
+    """``op`` on both books (pure Python on one, the kernel on the other): same outcome, same books after.
+    ``deep``: also compare every level in order (sorts the levels below the window)."""
+    want = _run(None, lambda: op(pure))
+    got = _run(COMPILED, lambda: op(fast))
+    assert got == want
+    assert _state(fast) == _state(pure)
+    reads = _reads(pure, deep)
+    assert _reads(fast, deep) == reads
+    assert reads[2] == reads[3]
+
+
+def _book_streams() -> Iterator[tuple[str, list[Depth]]]:
+    def parsed(venue: str, rel: str) -> list[Depth]:
+        parser = VENUES[venue].new_parser()
+        return [r for i, f in enumerate(jsonl_frames(rel)) for r in parser.parse(f, i) if isinstance(r, Depth)]
+
+    for venue, market, prefix in (("binance_spot", "spot", "spot"), ("binance_usdm", "perpetual", "usdm")):
+        rest = fixture_path(f"binance/{prefix}_rest_depth_BTCUSDT_limit1000_2024-08-08.json").read_bytes()
+        snap = binance_depth_snapshot(rest, market=market, instrument="BTCUSDT", recv_ts=0)
+        yield venue, [snap, *parsed(venue, f"binance/{prefix}_depthUpdate_BTCUSDT_2024-08-08_first400.jsonl")]
+    for rel in sorted(OKX_BOOK_FILES):
+        yield rel, parsed("okx_spot", rel)
+    yield "bybit", parsed("bybit_linear", "bybit/v5_orderbook500_XRPUSDT_2024-12-01.jsonl")
+
+
+@needs_compiled
+@requires_fixtures
+@pytest.mark.parametrize("window", [4, l2.DEFAULT_WINDOW])
+def test_compiled_and_python_build_the_same_books_from_every_recorded_stream(window):
+    """Same levels, same strings, same sorted windows, same checksums after every recorded message; small
+    windows make the real streams refill and trim all the time."""
+    for name, records in _book_streams():
+        books: dict[str, tuple[L2Book, L2Book]] = {}
+        for i, depth in enumerate(records):
+            pure, fast = books.setdefault(depth.symbol, (L2Book(window), L2Book(window)))
+
+            def op(book: L2Book, depth: Depth = depth) -> None:
+                (book.load_raw if depth.is_snapshot else book.apply_raw)(depth.bids, depth.asks)
+
+            _same_after(op, pure, fast, deep=i % 20 == 0 or i == len(records) - 1)
+            if name.startswith("okx") and depth.checksum:
+                assert fast.okx_checksum() == depth.checksum, name
+        assert books, name
+
+
+# Spellings that take every path of the kernel: plain decimals (its fast path, several spellings of one
+# value), what only float() parses (exponents, signs, spaces, underscores, inf/nan, too many digits,
+# non-ASCII digits), and what float() rejects.
+_PRICES = ["1.25", "1.250", "01.25", "1.5", "2", "2.0", "0.75", "3.1", "125e-2", "+2", " 1.5", "1_0", "10",
+           "inf", "nan", "-0", "0", ".5", "0.5", "5.", "9007199254740993", "0.1000000000000000000000001", "\u0661",
+           "", "abc", "1.2.3"]  # fmt: skip
+_SIZES = ["0", "0.000", "0E-8", "-0", " 0", "1", "2.50", "0.001", "1e1", "nan", "\u0661", "", "x", "1..0"]
+
+
+@st.composite
+def _raw_levels(draw: st.DrawFn) -> bytes:
+    def text(s: str) -> str:
+        if s.startswith("\\u"):  # a JSON escape (of a non-ASCII digit)
+            return f'"{s}"'
+        if draw(st.integers(0, 9)) == 0:  # the same text as JSON escapes: msgspec has to decode it
+            return '"' + "".join(f"\\u{ord(c):04x}" for c in s) + '"'
+        return json.dumps(s)
+
+    ws = st.sampled_from(["", "", " ", "\n "])
+    levels = []
+    for _ in range(draw(st.integers(0, 6))):
+        parts = [text(draw(st.sampled_from(_PRICES))), text(draw(st.sampled_from(_SIZES)))]
+        shape = draw(st.integers(0, 19))
+        if shape == 0:
+            parts = parts[:1]  # too short: msgspec.ValidationError
+        elif shape == 1:
+            parts[0] = "1.5"  # a number, not a string
+        elif shape in (2, 3):
+            parts += ['"0"', '"4"']  # OKX's extra elements
+        elif shape == 4:
+            parts += ["7", "null"]  # extra elements of other types
+        sep = draw(ws) + "," + draw(ws)
+        levels.append("[" + draw(ws) + sep.join(parts) + draw(ws) + "]")
+    body = draw(ws) + "[" + draw(ws) + ("," + draw(ws)).join(levels) + draw(ws) + "]" + draw(ws)
+    if draw(st.integers(0, 19)) == 0:
+        body += draw(st.sampled_from(["x", "]", ","]))  # trailing garbage: msgspec.DecodeError
+    return body.encode()
+
+
+@needs_compiled
+@settings(max_examples=400, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["apply_raw", "load_raw", "apply"]), _raw_levels(), _raw_levels()), max_size=12
+    ),
+    window=st.sampled_from([4, 8, l2.DEFAULT_WINDOW]),
+    raw_type=st.sampled_from([bytes, msgspec.Raw, bytearray]),
+)
+def test_compiled_and_python_agree_on_any_json(ops, window, raw_type):
+    """Generated level arrays (odd spellings, respelled prices, malformed JSON, escapes, extra elements):
+    the same result or the same exception, then the same book, byte for byte."""
+    pure, fast = L2Book(window), L2Book(window)
+    for name, bids, asks in ops:
+        if name == "apply":
+
+            def op(book: L2Book, bids: bytes = bids, asks: bytes = asks) -> None:
+                book.apply(msgspec.json.decode(bids), msgspec.json.decode(asks))
+
+        else:
+
+            def op(book: L2Book, name: str = name, bids: bytes = bids, asks: bytes = asks) -> None:
+                getattr(book, name)(raw_type(bids), raw_type(asks))
+
+        _same_after(op, pure, fast)
+
+
+@needs_compiled
+def test_compiled_crc32_is_zlibs():
+    assert COMPILED is not None
+    data = bytes(range(256)) * 5
+    for start in range(9):
+        for n in (0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000):
+            chunk = memoryview(data)[start : start + n]
+            assert COMPILED.crc32(chunk) == zlib.crc32(chunk)
+    book = L2Book()
+    book.load(bids=[("\u0661", "2")], asks=[("3", "4")])  # non-ASCII (float() reads it 1): UTF-8 in the checksum
+    assert _run(COMPILED, book.okx_checksum) == _run(None, book.okx_checksum)
