@@ -115,7 +115,10 @@ async def publish(nc, recs: list) -> None:
 async def run_writer(writer: StorageWriter, until, timeout_s: float = 30.0) -> None:
     task = asyncio.create_task(writer.run())
     try:
-        assert await wait_for(until, timeout_s), writer.stats
+        assert await wait_for(lambda: until() or task.done(), timeout_s), writer.stats
+        if task.done():
+            task.result()  # the writer died: its exception is the test's failure
+        assert until(), writer.stats
     finally:
         writer.stop()
         await task
@@ -265,3 +268,40 @@ async def test_writer_metrics_count_stored_duplicates_and_dead_letters(tmp_path:
     assert value("marketprism_storage_dead_lettered_total", reason="ValidationError") - before[1] == 1
     assert value("marketprism_storage_lag_records") == 0
     assert value("marketprism_errors_total", component="storage", kind="bad_data", code="DEAD_LETTERED") >= 1
+
+
+class SlowReader(StorageWriter):
+    """A writer whose event loop falls behind (a long GC pause, a busy core): it stops reading its socket."""
+
+    stall_s = 0.002
+
+    async def _on_message(self, msg) -> None:  # type: ignore[no-untyped-def]
+        import time
+
+        if self.stats.received < 3000:
+            time.sleep(self.stall_s)  # blocks the loop: the server's buffer for this client fills up
+        await super()._on_message(msg)
+
+
+async def test_a_slow_consumer_cut_by_the_server_loses_nothing(tmp_path: Path) -> None:
+    """nats-server cuts a client whose unread data passes ``max_pending`` and drops what it held for it; the
+    writer sees the jump in the consumer sequence, stores what came before, and restarts the consumer right after
+    it, instead of acking past the lost deliveries."""
+    from marketprism.bus.server import LocalNatsServer
+
+    server = LocalNatsServer(tmp_path / "nats", config="max_pending: 512KB\nmax_payload: 256KB\n").start()
+    try:
+        nc = await connect(server.url)
+        await ensure_stream(nc.jetstream(), MarketDataStream(max_age_s=3600, max_bytes=1 << 30))
+        await publish(nc, [trade(i) for i in range(15_000)])
+        store = DuckDBStore(tmp_path / "hot.duckdb")
+        w = SlowReader(nc, store, batch_rows=500, batch_seconds=0.1, max_ack_pending=15_000)
+        await run_writer(w, lambda: w.stats.position == 15_000, timeout_s=90)
+        assert store.count("trades") == 15_000
+        assert store.query("SELECT count(DISTINCT key) AS n FROM trades")["n"][0] == 15_000
+        assert w.stats.delivery_gaps >= 1  # the cut happened, and was recovered from
+        store.close()
+        await nc.close()
+    finally:
+        server.stop(kill=True)
+    assert "Slow Consumer" in (tmp_path / "nats" / "nats-server.log").read_text()

@@ -55,8 +55,9 @@ def port_is_free(host: str, port: int) -> bool:
 class LocalNatsServer:
     """Runs ``nats-server -js -sd <store_dir> -a <host> -p <port>`` as a child process."""
 
-    def __init__(self, store_dir: str | Path, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, store_dir: str | Path, host: str = "127.0.0.1", port: int = 0, config: str = ""):
         self.store_dir = Path(store_dir)
+        self.config = config  # extra nats-server configuration text (e.g. ``max_pending: 1MB``), for tests
         self.host = host
         self.port = port or free_port(host)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -71,6 +72,10 @@ class LocalNatsServer:
         if not port_is_free(self.host, self.port):
             raise NatsServerError(f"cannot start nats-server: {self.host}:{self.port} is already in use")
         cmd = [nats_server_binary(), "-js", "-sd", str(self.store_dir), "-a", self.host, "-p", str(self.port)]
+        if self.config:
+            conf = self.store_dir / "nats-server.conf"
+            conf.write_text(self.config)
+            cmd += ["-c", str(conf)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent

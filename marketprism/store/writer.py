@@ -26,6 +26,7 @@ import logging
 import os
 import tempfile
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class WriterStats:
     batches: int = 0
     dead_lettered: int = 0
     store_errors: int = 0
+    delivery_gaps: int = 0  # deliveries lost on the way (slow-consumer cut): the consumer restarted after them
     stored_by_table: Counter[str] = field(default_factory=Counter)
     stored_by_type: Counter[str] = field(default_factory=Counter)
     dead_by_reason: Counter[str] = field(default_factory=Counter)
@@ -95,8 +97,15 @@ class _Msg:
 def stream_seq(reply: str) -> int:
     """The stream sequence from a JetStream ack subject (v1 ``$JS.ACK.<stream>.<consumer>.<n>.<sseq>...`` or
     v2 with domain and account hash)."""
+    return ack_sequences(reply)[0]
+
+
+def ack_sequences(reply: str) -> tuple[int, int]:
+    """(stream sequence, consumer sequence) from a JetStream ack subject: v1
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`` or v2 (domain and account hash first)."""
     tokens = reply.split(".")
-    return int(tokens[5] if len(tokens) == 9 else tokens[7])
+    i = 5 if len(tokens) == 9 else 7
+    return int(tokens[i]), int(tokens[i + 1])
 
 
 class StorageWriter:
@@ -122,12 +131,18 @@ class StorageWriter:
         self.subject = subject
         self.batch_rows = batch_rows
         self.batch_seconds = batch_seconds
-        self.max_ack_pending = max_ack_pending or max(4 * batch_rows, 20_000)
+        # What the server may send ahead of the acks; kept well below what fits in the server's per-client buffer
+        # (64 MB by default) at a few hundred bytes a record. A cut still loses nothing (see _resubscribe).
+        self.max_ack_pending = max_ack_pending or min(max(4 * batch_rows, 20_000), 100_000)
         self.retry_cap_s = retry_cap_s
         self.stats = WriterStats()
         self.metrics = WriterMetrics()
         self._stream_last = 0  # the stream's last sequence when last asked (for the lag metric)
         self._cut_at: int | None = None  # a crashed run's uncommitted batch ends here: re-form it exactly
+        self._last_cseq = 0  # consumer sequence of the last delivery taken: a jump means deliveries were lost
+        self._gap_at: int | None = None
+        self._last_msg_at = time.monotonic()
+        self.idle_check_s = 3.0  # quiet this long: ask the server whether deliveries went missing at the tail
         self._buf: list[_Msg] = []
         self._first_at = 0.0
         self._last_seen = 0
@@ -144,34 +159,7 @@ class StorageWriter:
         await ensure_dlq(js)
         position, self._cut_at = await asyncio.to_thread(self.store.resume, self.consumer)
         self.stats.position = self._last_seen = position
-        # The store's position is the truth; the consumer is only a cursor. It is recreated to start right after
-        # that position: a consumer kept from a crashed run would send new messages first and redeliver the
-        # unacked ones only after ack_wait, and an ack-all of the new ones would ack the lost ones too.
-        with contextlib.suppress(NotFoundError):
-            await js.delete_consumer(self.stream.name, self.consumer)
-        policy, start_seq = DeliverPolicy.ALL, None
-        if self._last_seen:
-            policy, start_seq = DeliverPolicy.BY_START_SEQUENCE, self._last_seen + 1
-        sub = await js.subscribe(
-            self.subject,
-            durable=self.consumer,
-            stream=self.stream.name,
-            cb=self._on_message,
-            manual_ack=True,
-            pending_msgs_limit=2 * self.max_ack_pending + 1000,
-            pending_bytes_limit=-1,
-            config=ConsumerConfig(
-                durable_name=self.consumer,
-                deliver_subject=f"_mp.deliver.{self.consumer}",
-                deliver_policy=policy,
-                opt_start_seq=start_seq,
-                ack_policy=AckPolicy.ALL,
-                ack_wait=300.0,  # a slow store must not trigger redeliveries of what it holds
-                max_ack_pending=self.max_ack_pending,
-                flow_control=True,
-                idle_heartbeat=5.0,
-            ),
-        )
+        sub = await self._subscribe(js)
         log.info("storage writer %s: %s from stream position %d", self.consumer, self.store.backend, self._last_seen)
         control = await self.nc.subscribe(control_subject(WRITER, "*"), cb=self._control)
         try:
@@ -181,6 +169,10 @@ class StorageWriter:
                 self._wake.clear()
                 while self._buf and self._ready():
                     await self._flush()
+                if self._gap_at is None and time.monotonic() - self._last_msg_at > self.idle_check_s:
+                    await self._check_tail(js)
+                if self._gap_at is not None:
+                    sub = await self._resubscribe(js, sub)
             # What is already here is stored before the writer goes (but never a part of a crashed batch).
             while self._buf and (self._cut_at is None or self._ready()):
                 await self._flush()
@@ -188,7 +180,76 @@ class StorageWriter:
             with contextlib.suppress(Exception):
                 await control.unsubscribe()
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()  # the durable consumer stays: the next run resumes from its acks
+                await sub.unsubscribe()  # the consumer stays; the next run recreates it at the stored position
+
+    async def _subscribe(self, js: JetStreamContext) -> Any:
+        """(Re)create the consumer right after the stored position and subscribe to it.
+
+        The store's position is the truth; the consumer is only a cursor. A consumer kept from a crashed run
+        would send new messages first and redeliver the unacked ones only after ack_wait, and an ack-all of the
+        new ones would ack the lost ones too; so it is always recreated from the position.
+        """
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(self.stream.name, self.consumer)
+        policy, start_seq = DeliverPolicy.ALL, None
+        if self._last_seen:
+            policy, start_seq = DeliverPolicy.BY_START_SEQUENCE, self._last_seen + 1
+        self._last_cseq, self._gap_at = 0, None
+        return await js.subscribe(
+            self.subject,
+            durable=self.consumer,
+            stream=self.stream.name,
+            cb=self._on_message,
+            manual_ack=True,
+            pending_msgs_limit=2 * self.max_ack_pending + 1000,
+            pending_bytes_limit=-1,
+            config=ConsumerConfig(
+                durable_name=self.consumer,
+                # A fresh subject per subscription: deliveries still in flight for a consumer this writer
+                # replaced (after a gap) can never reach the new one's callback.
+                deliver_subject=f"_mp.deliver.{self.consumer}.{uuid.uuid4().hex[:12]}",
+                deliver_policy=policy,
+                opt_start_seq=start_seq,
+                ack_policy=AckPolicy.ALL,
+                ack_wait=300.0,  # a slow store must not trigger redeliveries of what it holds
+                max_ack_pending=self.max_ack_pending,
+                flow_control=True,
+                idle_heartbeat=5.0,
+            ),
+        )
+
+    async def _check_tail(self, js: JetStreamContext) -> None:
+        """Deliveries lost at the end of what the server sent show no jump (nothing follows them): when nothing
+        arrives for a while, compare what the server says it delivered with what reached us."""
+        self._last_msg_at = time.monotonic()  # next check one period from now
+        try:
+            info = await js.consumer_info(self.stream.name, self.consumer)
+        except Exception as exc:  # informative only; the next period asks again
+            log.debug("storage writer: consumer info failed: %s", exc)
+            return
+        delivered = int(info.delivered.consumer_seq or 0) if info.delivered else 0
+        if delivered > self._last_cseq:
+            self._gap_at = self._last_cseq + 1
+            self._last_seen = self._buf[-1].seq if self._buf else self.stats.position
+
+    async def _resubscribe(self, js: JetStreamContext, sub: Any) -> Any:
+        """Deliveries were lost on the way (e.g. the server cut a slow client): store what came before the gap,
+        then start over right after it. Acking past a gap would ack the lost messages with it."""
+        self.stats.delivery_gaps += 1
+        log.warning("storage writer: delivery gap at consumer seq %s; resuming from stream seq %d",
+                    self._gap_at, self._last_seen)  # fmt: skip
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        while self._buf:
+            await self._flush()
+        delay = 0.2
+        while True:  # the connection may itself be reconnecting after the cut: retry, capped
+            try:
+                return await self._subscribe(js)
+            except Exception as exc:
+                log.warning("storage writer: resubscribe failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _control(self, msg: Any) -> None:
         verb = msg.subject.rsplit(".", 1)[1]
@@ -262,7 +323,16 @@ class StorageWriter:
         return time.monotonic() >= self._first_at + self.batch_seconds
 
     async def _on_message(self, msg: Any) -> None:
-        seq = stream_seq(msg.reply)
+        self._last_msg_at = time.monotonic()
+        if self._gap_at is not None:
+            return  # a delivery went missing: nothing after it is taken until the consumer restarts
+        seq, cseq = ack_sequences(msg.reply)
+        if cseq != self._last_cseq + 1 and cseq > self._last_cseq:
+            self._gap_at = cseq
+            self._last_seen = self._buf[-1].seq if self._buf else self.stats.position
+            self._wake.set()
+            return
+        self._last_cseq = cseq
         if seq <= self._last_seen:  # redelivered: already stored (position) or already held in the buffer
             self.stats.redelivered_skipped += 1
             if seq <= self.stats.position and not self._buf:
