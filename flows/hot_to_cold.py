@@ -2,11 +2,14 @@
 
 A DuckDB hot file belongs to one process (DuckDB locks it): while the storage writer runs, the flow asks the
 writer over the control plane (``mp.control.storage_writer.migrate``) to migrate in its own process; when no
-writer answers, the flow opens the file and migrates itself.
+writer answers, the flow opens the file and migrates itself. A ClickHouse hot store (``storage.hot_backend``
+``clickhouse``) serves concurrent clients: the flow migrates directly, on a client of its own, without asking
+the writer.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -33,8 +36,16 @@ async def hot_to_cold(
     days = retention_days if retention_days is not None else storage.hot_retention_days
     logger = get_run_logger()
     summary: dict[str, Any] | None = None
+    if storage.cold_backend != "parquet":
+        raise RuntimeError("storage.cold_backend clickhouse (a ClickHouse cold database) is not built: use parquet")
+    if storage.hot_backend == "clickhouse":
+        if storage.clickhouse_url is None:
+            raise RuntimeError("storage.hot_backend is clickhouse but storage.clickhouse_url is not set")
+        url = storage.clickhouse_url.get_secret_value()
+        summary = (await asyncio.to_thread(migrate, url, root, retention_days=days)).as_dict()
+        logger.info("migrated from the ClickHouse hot store")
     servers = nats_url or config.nats.servers
-    if servers:
+    if servers and summary is None:
         try:
             nc = await connect(
                 servers,

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import polars as pl
@@ -15,6 +15,9 @@ import typer
 
 from marketprism.store.open import open_hot_store
 from marketprism.store.writer import StorageWriter
+
+if TYPE_CHECKING:
+    from marketprism.config import StorageConfig
 
 store_app = typer.Typer(help="Storage: the exactly-once writer, hot -> cold migration.", no_args_is_help=True)
 
@@ -66,6 +69,34 @@ _NATS_HELP = "NATS URL of the running stack (default: nats.servers, or the URL `
 _COLD_HELP = "cold root, any fsspec path (default: storage.parquet_path)"
 
 
+_BACKEND_HELP = "hot store: duckdb or clickhouse (default: storage.hot_backend)"
+_CLICKHOUSE_HELP = "ClickHouse hot store URL http(s)://user:pw@host:8123/db (default: storage.clickhouse_url)"
+
+
+def _storage() -> StorageConfig:
+    from marketprism.config import ConfigError, StorageConfig, resolve
+
+    try:
+        return resolve()[0].storage
+    except ConfigError:
+        return StorageConfig()
+
+
+def _hot_backend(storage: StorageConfig, backend: str | None, clickhouse: str | None) -> tuple[str, str | None]:
+    """(backend, ClickHouse URL or None): the options (``--clickhouse URL`` alone means ClickHouse), else the
+    configuration. Exits 1 when ClickHouse has no URL."""
+    chosen = backend or ("clickhouse" if clickhouse else storage.hot_backend)  # a URL alone means ClickHouse
+    if chosen not in ("duckdb", "clickhouse"):
+        raise typer.BadParameter("--backend must be duckdb or clickhouse")
+    if chosen == "duckdb":
+        return chosen, None
+    url = clickhouse or (storage.clickhouse_url.get_secret_value() if storage.clickhouse_url else None)
+    if not url:
+        typer.echo("error: the ClickHouse hot store needs a URL: --clickhouse or storage.clickhouse_url", err=True)
+        raise typer.Exit(1)
+    return chosen, url
+
+
 @store_app.command()
 def migrate(
     retention_days: Annotated[int | None, typer.Option(help="days kept hot (default: storage.hot_retention_days)")] = (
@@ -75,23 +106,27 @@ def migrate(
     parquet_root: Annotated[str | None, typer.Option(help=_COLD_HELP)] = None,
     table: Annotated[list[str] | None, typer.Option(help="only this table (repeatable)")] = None,
     details: Annotated[bool, typer.Option("--details", help="one entry per partition in the summary")] = False,
+    backend: Annotated[str | None, typer.Option(help=_BACKEND_HELP)] = None,
+    clickhouse: Annotated[str | None, typer.Option(help=_CLICKHOUSE_HELP)] = None,
 ) -> None:
     """Move hot partitions older than the retention to hive-partitioned Parquet (verified, then deleted from hot).
 
-    Prints a JSON summary. Exits 1 when a partition failed verification (it stays hot), 2 when the hot file is
-    held by a running writer.
+    The hot store is the DuckDB file or, with --backend clickhouse (or storage.hot_backend), the ClickHouse
+    database. Prints a JSON summary. Exits 1 when a partition failed verification (it stays hot), 2 when the hot
+    DuckDB file is held by a running writer.
     """
-    from marketprism.config import ConfigError, StorageConfig, resolve
     from marketprism.store.migrate import HotStoreLocked
     from marketprism.store.migrate import migrate as run_migration
 
-    try:
-        storage = resolve()[0].storage
-    except ConfigError:
-        storage = StorageConfig()
+    storage = _storage()
+    if storage.cold_backend != "parquet":
+        typer.echo("error: storage.cold_backend clickhouse (a ClickHouse cold database) is not built: use parquet",
+                   err=True)  # fmt: skip
+        raise typer.Exit(1)
+    chosen, url = _hot_backend(storage, backend, clickhouse)
     try:
         summary = run_migration(
-            duckdb or storage.duckdb_path,
+            url if chosen == "clickhouse" and url else (duckdb or storage.duckdb_path),
             parquet_root or storage.parquet_path,
             retention_days=storage.hot_retention_days if retention_days is None else retention_days,
             tables=table or None,
@@ -118,10 +153,13 @@ def query(
         "auto"
     ),
     nats: Annotated[str | None, typer.Option(help=_NATS_HELP)] = None,
+    backend: Annotated[str | None, typer.Option(help=_BACKEND_HELP)] = None,
+    clickhouse: Annotated[str | None, typer.Option(help=_CLICKHOUSE_HELP)] = None,
 ) -> None:
-    """Run SQL over hot and cold together. While the storage writer holds the hot file, the query runs inside the
-    writer (asked over NATS); when no writer answers, --hot auto answers from cold only (with a warning) and
-    --hot require fails."""
+    """Run SQL (DuckDB's dialect) over hot and cold together. With a DuckDB hot store held by the storage writer,
+    the query runs inside the writer (asked over NATS); when no writer answers, --hot auto answers from cold only
+    (with a warning) and --hot require fails. With ClickHouse as the hot store, the hot rows of the tables the
+    query names are read from ClickHouse (FINAL) and the query runs in DuckDB over them and the cold Parquet."""
     if format not in ("table", "csv", "parquet"):
         raise typer.BadParameter("--format must be table, csv or parquet")
     if hot not in ("auto", "require", "skip"):
@@ -133,11 +171,17 @@ def query(
     from marketprism.store.migrate import HotStoreLocked
     from marketprism.store.query import QuerySurface
 
+    chosen, url = _hot_backend(_storage(), backend if backend or clickhouse or not duckdb else "duckdb", clickhouse)
     try:
-        surface = QuerySurface(duckdb, parquet_root, hot=hot)  # type: ignore[arg-type]
+        if chosen == "clickhouse":
+            surface = QuerySurface(parquet_root=parquet_root, hot=hot, clickhouse=url)  # type: ignore[arg-type]
+        else:
+            surface = QuerySurface(duckdb or _storage().duckdb_path, parquet_root, hot=hot)  # type: ignore[arg-type]
     except HotStoreLocked as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if surface.hot_status == "unreachable":
+        typer.echo(f"warning: {surface.hot_note}", err=True)
     with surface:
         locked = surface.hot_status == "locked"
         if not locked:

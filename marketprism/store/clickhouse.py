@@ -61,6 +61,12 @@ class ClickHouseStore:
     def close(self) -> None:
         self.client.close()
 
+    def new_client(self) -> Any:
+        """A client of its own on the same server and database (one client runs one query at a time): the query
+        surface and the migration use one, so they never wait on, or interleave with, the writer's inserts."""
+        # No HTTP session: nothing here needs one, and a session refuses a query while another is still streaming.
+        return clickhouse_connect.get_client(**self._connect, database=self.database, autogenerate_session_id=False)
+
     def __enter__(self) -> ClickHouseStore:
         return self
 
@@ -136,3 +142,21 @@ class ClickHouseStore:
                 parameters={"d": self.database},
             ).result_rows
         return [r[0] for r in rows]
+
+
+def reader_client(url: str, *, database: str | None = None) -> tuple[Any, str]:
+    """(a clickhouse-connect client, database) for ``url``, for readers: unlike :class:`ClickHouseStore` it creates
+    nothing (no database, no bookkeeping table). The URL has the store's shape."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https", "clickhouse") or not parts.hostname:
+        raise ValueError(f"ClickHouse URL must be http(s)://[user:password@]host:port[/database], got {url!r}")
+    db = database or (parts.path.strip("/") or "marketprism")
+    client = clickhouse_connect.get_client(
+        host=parts.hostname,
+        port=parts.port or (8443 if parts.scheme == "https" else 8123),
+        username=unquote(parts.username or "default"),
+        password=unquote(parts.password or ""),
+        secure=parts.scheme == "https",
+        autogenerate_session_id=False,
+    )
+    return client, db

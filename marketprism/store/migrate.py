@@ -1,4 +1,9 @@
-"""Hot -> cold: whole partitions older than the hot retention, from the DuckDB hot store to Parquet.
+"""Hot -> cold: whole partitions older than the hot retention, from the hot store (DuckDB or ClickHouse) to Parquet.
+
+This docstring describes the DuckDB path; :func:`migrate_clickhouse` describes how the same steps run against a
+ClickHouse hot store (same layout, same manifest columns, in a ``_migrations`` table of the ClickHouse
+database). The *ClickHouse cold database* alternative (``storage.cold_backend = "clickhouse"``) is not built:
+cold is always Parquet, and :func:`migrate` refuses nothing on that account (the CLI and flow do).
 
 Layout (DESIGN §5: type/exchange/market/date), on any fsspec path (local disk by default, ``memory://``,
 ``s3://``...)::
@@ -52,11 +57,12 @@ import os
 import re
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
 import duckdb
@@ -67,6 +73,9 @@ from fsspec.core import url_to_fs
 
 from marketprism.store.duck import DuckDBStore
 from marketprism.store.schema import TableSpec, all_specs
+
+if TYPE_CHECKING:
+    from marketprism.store.clickhouse import ClickHouseStore
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +296,7 @@ def _hot_connection(hot: DuckDBStore | str | Path) -> Iterator[duckdb.DuckDBPyCo
 
 
 def migrate(
-    hot: DuckDBStore | str | Path,
+    hot: DuckDBStore | ClickHouseStore | str | Path,
     parquet_root: str | Path,
     *,
     retention_days: int = 7,
@@ -298,15 +307,27 @@ def migrate(
 ) -> MigrationSummary:
     """Move every hot partition dated before ``now - retention_days`` (UTC) to Parquet under ``parquet_root``.
 
-    ``hot`` is the writer's open store (migration inside the writer process) or the DuckDB file's path.
-    ``tables`` limits the run to these tables. Raises :class:`HotStoreLocked` when the path is locked; a
-    partition that fails verification is reported (``errors``, ``details``) and left hot.
+    ``hot`` is the writer's open store (migration inside the writer process) or the DuckDB file's path; or a
+    ClickHouse hot store: a :class:`ClickHouseStore` or its URL (``http(s)://...``), see
+    :func:`migrate_clickhouse`. ``tables`` limits the run to these tables. Raises :class:`HotStoreLocked`
+    when the path is locked; a partition that fails verification is reported (``errors``, ``details``) and
+    left hot.
     """
+    if is_clickhouse(hot):
+        return migrate_clickhouse(
+            cast("ClickHouseStore | str", hot),
+            parquet_root,
+            retention_days=retention_days,
+            now=now,
+            tables=tables,
+            storage_options=storage_options,
+            on_step=on_step,
+        )
     cold = ColdRoot(parquet_root, storage_options)
     cutoff = cutoff_date(retention_days, now)
     summary = MigrationSummary(cold_root=cold.url(cold.root), cutoff=str(cutoff), retention_days=retention_days)
     t0 = time.perf_counter()
-    with _hot_connection(hot) as con:
+    with _hot_connection(cast("DuckDBStore | str | Path", hot)) as con:
         con.execute("SET SESSION TimeZone = 'UTC'")
         con.execute(MANIFEST_DDL)
         cold.attach(con)
@@ -316,16 +337,23 @@ def migrate(
             if spec.table not in present or (tables is not None and spec.table not in tables):
                 continue
             for part in _partitions(con, spec, cutoff):
-                result = _migrate_partition(con, cold, spec, part, on_step)
-                summary.details.append(result)
-                summary.partitions += 1
-                summary.rows_migrated += result.exported
-                summary.rows_deleted += result.deleted
-                summary.held_back += result.held_back
-                summary.files_written += result.file is not None
-                summary.errors += result.error is not None
-                if result.exported:
-                    summary.tables[spec.table] = summary.tables.get(spec.table, 0) + result.exported
+                _tally(summary, spec, _migrate_partition(con, cold, spec, part, on_step))
+    return _finish(summary, t0)
+
+
+def _tally(summary: MigrationSummary, spec: TableSpec, result: PartitionResult) -> None:
+    summary.details.append(result)
+    summary.partitions += 1
+    summary.rows_migrated += result.exported
+    summary.rows_deleted += result.deleted
+    summary.held_back += result.held_back
+    summary.files_written += result.file is not None
+    summary.errors += result.error is not None
+    if result.exported:
+        summary.tables[spec.table] = summary.tables.get(spec.table, 0) + result.exported
+
+
+def _finish(summary: MigrationSummary, t0: float) -> MigrationSummary:
     summary.seconds = round(time.perf_counter() - t0, 3)
     summary.rows_per_s = round(summary.rows_migrated / summary.seconds, 1) if summary.seconds else 0.0
     return summary
@@ -437,12 +465,14 @@ def _verify(
     expected_rows: int,
     where: str,
     params: list[object],
+    source: str | None = None,
 ) -> str:
+    """The file's rows against the hot rows with the same keys (``source``: the hot relation, default the table)."""
     scan = cold_scan([cold.url(tmp)])
     n_cold, keys_cold, h_cold = _digest(con, f"SELECT count(*), count(DISTINCT key), sum({row_hash(spec)}) FROM {scan}")
     n_hot, keys_hot, h_hot = _digest(
         con,
-        f'SELECT count(*), count(DISTINCT key), sum({row_hash(spec)}) FROM "{spec.table}" '
+        f"SELECT count(*), count(DISTINCT key), sum({row_hash(spec)}) FROM {source or _quoted(spec.table)} "
         f"WHERE {where} AND key IN (SELECT key FROM {scan})",
         params,
     )
@@ -452,6 +482,10 @@ def _verify(
             f"hot has {n_hot} rows ({keys_hot} keys, hash {h_hot}) for those keys"
         )
     return h_cold
+
+
+def _quoted(table: str) -> str:
+    return f'"{table}"'
 
 
 def _relative(cold: ColdRoot, path: str) -> str:
@@ -491,3 +525,266 @@ def _record_unlisted(
             scan = cold_scan([cold.url(path)])
             rows, _, digest = _digest(con, f"SELECT count(*), 0, sum({row_hash(spec)}) FROM {scan}")
             _record(con, cold, spec, part, n, path, rows, digest)
+
+
+# --- from a ClickHouse hot store ----------------------------------------------------------------------------
+
+CH_MANIFEST_DDL = f"""CREATE TABLE IF NOT EXISTS `{MANIFEST_TABLE}` (
+  path String,
+  `table` String,
+  exchange String,
+  market String,
+  date Date32,
+  part Int32,
+  rows Int64,
+  content_hash String,
+  migrated_at DateTime64(6, 'UTC') DEFAULT now64(6)
+) ENGINE = ReplacingMergeTree(migrated_at) ORDER BY path"""
+CH_DELETE_PREFIX = "_migration_delete_"  # per-delete helper tables: (key, ClickHouse content hash) verified cold
+_CH_WHERE = (
+    "exchange = {exchange:String} AND market = {market:String} "
+    "AND ts >= {lo:DateTime64(6, 'UTC')} AND ts < {hi:DateTime64(6, 'UTC')}"
+)
+_CH_SCHEMES = ("http", "https", "clickhouse")
+
+
+def is_clickhouse(hot: object) -> bool:
+    """A :class:`ClickHouseStore`, or a ClickHouse URL (``http(s)://...``) rather than a DuckDB path."""
+    if getattr(hot, "backend", None) == "clickhouse":
+        return True
+    return isinstance(hot, str) and hot.split("://", 1)[0] in _CH_SCHEMES and "://" in hot
+
+
+def ch_time(value: datetime) -> str:
+    """A UTC instant as a ``DateTime64(6, 'UTC')`` query parameter."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def ch_columns(spec: TableSpec) -> str:
+    return ", ".join(f"`{c.name}`" for c in spec.columns)
+
+
+def ch_content_hash(spec: TableSpec) -> str:
+    """ClickHouse's own hash of a stored row (``tuple`` keeps NULLs distinct), evaluated by the delete itself."""
+    return f"cityHash64(tuple({ch_columns(spec)}))"
+
+
+def conform(spec: TableSpec, table: pa.Table) -> pa.Table:
+    """An Arrow result from ClickHouse in the table's Arrow schema (LowCardinality, binary strings -> string)."""
+    return table.select(spec.names).cast(spec.arrow_schema())
+
+
+def migrate_clickhouse(
+    hot: ClickHouseStore | str,
+    parquet_root: str | Path,
+    *,
+    retention_days: int = 7,
+    now: datetime | None = None,
+    tables: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    on_step: StepHook | None = None,
+) -> MigrationSummary:
+    """Hot -> cold from a ClickHouse hot store: the same partitions, layout, steps and guarantees as the DuckDB path.
+
+    Per partition (table, exchange, market, UTC date), on a client of its own (ClickHouse serves the writer
+    concurrently, so nothing has to be stopped or asked):
+
+    a. **export**: the partition is read ``FINAL`` (exact: replayed duplicates collapsed) as Arrow, with
+       ClickHouse's own content hash of each row (``cityHash64(tuple(every column))``), into an in-memory
+       DuckDB; the rows whose key is not already in a committed part of the partition go to
+       ``part-<n>.parquet.tmp``, exactly as from DuckDB. One partition (a day of one venue and market) is in
+       memory at a time;
+    b. **verify**: DuckDB reads the temp file back through the hive reader; its row count, distinct keys and
+       ``sum(hash(every column cast to its hot type))`` must equal those of the exported ClickHouse rows with
+       the same keys: one SQL expression, computed by the same engine on both sides;
+    c. **commit**: the rename, then a row in the ``_migrations`` table of the ClickHouse database
+       (``ReplacingMergeTree(migrated_at) ORDER BY path``; read with ``FINAL``). A committed file a crash kept
+       out of the manifest is recorded by the next run;
+    d. **delete**: the hot rows present *verbatim* in the partition's committed files (same key, same DuckDB
+       row hash) are written with their ClickHouse content hash to a helper table, then one lightweight
+       ``DELETE FROM <table> WHERE <partition> AND (key, cityHash64(tuple(...))) IN (helper)`` (synchronous)
+       removes them. The content hash is evaluated by the delete itself, so a row whose key is cold but whose
+       content changed after the read (or that was not verified) is never deleted; an identical copy
+       replayed later is (it is cold verbatim). The helper table is dropped afterwards; one left by a killed
+       run is dropped by the next run.
+
+    The pause points (``MARKETPRISM_MIGRATE_PAUSE_AT``, ``on_step``) are the same; ``delete`` pauses after
+    the helper table is filled, before the ``DELETE`` is sent. A kill there deletes nothing; a ``DELETE``
+    that reached the server completes or not as a whole mutation, and the rerun deletes what is left.
+    Run one migration at a time per database (a second one would drop the first's helper table: its delete
+    then fails, deleting nothing).
+    """
+    from marketprism.store.clickhouse import ClickHouseStore
+
+    store = hot if isinstance(hot, ClickHouseStore) else ClickHouseStore(str(hot))
+    cold = ColdRoot(parquet_root, storage_options)
+    cutoff = cutoff_date(retention_days, now)
+    summary = MigrationSummary(cold_root=cold.url(cold.root), cutoff=str(cutoff), retention_days=retention_days)
+    t0 = time.perf_counter()
+    client = store.new_client()
+    duck = duckdb.connect()
+    try:
+        duck.execute("SET TimeZone = 'UTC'")
+        cold.attach(duck)
+        client.command(CH_MANIFEST_DDL)
+        present = set()
+        for (name,) in client.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows:
+            if name.startswith(CH_DELETE_PREFIX):
+                client.command(f"DROP TABLE IF EXISTS `{name}`")  # left by a killed run
+            present.add(name)
+        for spec in all_specs():
+            if spec.table not in present or (tables is not None and spec.table not in tables):
+                continue
+            for part in _ch_partitions(client, spec, cutoff):
+                _tally(summary, spec, _ch_migrate_partition(client, duck, cold, spec, part, on_step))
+    finally:
+        duck.close()
+        client.close()
+        if store is not hot:
+            store.close()
+    return _finish(summary, t0)
+
+
+def _ch_partitions(client: Any, spec: TableSpec, cutoff: date) -> list[Partition]:
+    rows = client.query(
+        f"SELECT exchange, market, toDate32(ts) AS d FROM `{spec.table}` WHERE ts < {{cutoff:DateTime64(6, 'UTC')}} "
+        "GROUP BY exchange, market, d ORDER BY d, exchange, market",
+        parameters={"cutoff": ch_time(_midnight(cutoff))},
+    ).result_rows
+    return [Partition(spec.table, e, m, d) for e, m, d in rows]
+
+
+def _ch_params(part: Partition) -> dict[str, str]:
+    lo, hi = _midnight(part.date), _midnight(part.date + timedelta(1))
+    return {"exchange": part.exchange, "market": part.market, "lo": ch_time(lo), "hi": ch_time(hi)}
+
+
+def _ch_where_literal(part: Partition) -> str:
+    """The partition's condition with inline literals (strings as hex: any bytes, no escaping to get wrong)."""
+    lo, hi = _midnight(part.date), _midnight(part.date + timedelta(1))
+    return (
+        f"exchange = unhex('{part.exchange.encode().hex()}') AND market = unhex('{part.market.encode().hex()}') "
+        f"AND ts >= toDateTime64('{ch_time(lo)}', 6, 'UTC') AND ts < toDateTime64('{ch_time(hi)}', 6, 'UTC')"
+    )
+
+
+def _ch_migrate_partition(
+    client: Any,
+    duck: duckdb.DuckDBPyConnection,
+    cold: ColdRoot,
+    spec: TableSpec,
+    part: Partition,
+    hook: StepHook | None,
+) -> PartitionResult:
+    result = PartitionResult(str(part))
+    directory = cold.partition_dir(spec.table, part.exchange, part.market, part.date)
+    params = _ch_params(part)
+    parts = cold.parts(directory)
+    _ch_record_unlisted(client, duck, cold, spec, part, parts)
+    committed = [cold.url(p) for _, p in parts]
+
+    # (a) the partition as ClickHouse serves it (FINAL), then what of it is not cold yet
+    fetched = client.query_arrow(
+        f"SELECT {ch_columns(spec)}, {ch_content_hash(spec)} AS _ch_hash FROM `{spec.table}` FINAL "
+        f"WHERE {_CH_WHERE} ORDER BY ts, key",
+        parameters=params,
+    )
+    hot = conform(spec, fetched).append_column("_ch_hash", fetched.column("_ch_hash").cast(pa.uint64()))
+    duck.register("_mp_hot", hot)
+    try:
+        already = f"WHERE key NOT IN (SELECT key FROM {cold_scan(committed)})" if committed else ""
+        table = duck.sql(f"SELECT {column_list(spec)} FROM _mp_hot {already} ORDER BY ts, key").to_arrow_table()
+        if table.num_rows:
+            n = parts[-1][0] + 1 if parts else 0
+            final = f"{directory}/part-{n}.parquet"
+            tmp = final + ".tmp"
+            for stale in cold.fs.glob(f"{directory}/*.tmp"):
+                cold.fs.rm(stale)
+            _write_parquet(cold, tmp, table.cast(spec.arrow_schema()))
+            _pause_point("export", part, hook)
+
+            # (b) verify the file against the exported ClickHouse rows with the same keys
+            try:
+                digest = _verify(duck, cold, spec, tmp, table.num_rows, "true", [], source="_mp_hot")
+            except VerificationError as exc:
+                cold.fs.rm(tmp)
+                result.error = str(exc)
+                log.error("migration: %s", exc)
+                return result
+            _pause_point("verify", part, hook)
+
+            # (c) commit: the final name, then the manifest
+            cold.fs.mv(tmp, final)
+            _ch_record(client, cold, spec, part, n, final, table.num_rows, digest)
+            committed.append(cold.url(final))
+            result.exported = table.num_rows
+            result.file = _relative(cold, final)
+            _pause_point("commit", part, hook)
+        if not committed:
+            return result
+
+        # (d) delete from hot exactly the rows that are cold verbatim, guarded by ClickHouse's content hash
+        verified = duck.sql(
+            f"""SELECT h.key, h._ch_hash AS h FROM _mp_hot AS h
+                JOIN (SELECT key AS _k, {row_hash(spec)} AS _h FROM {cold_scan(committed)}) AS c
+                ON h.key = c._k AND {row_hash(spec, "h.")} = c._h"""
+        ).to_arrow_table()
+    finally:
+        duck.unregister("_mp_hot")
+    if verified.num_rows:
+        helper = f"{CH_DELETE_PREFIX}{uuid.uuid4().hex}"
+        client.command(f"CREATE TABLE `{helper}` (key String, h UInt64) ENGINE = MergeTree ORDER BY (key, h)")
+        try:
+            client.insert_arrow(helper, verified)
+            _pause_point("delete", part, hook)
+            # Literals, not query parameters: a mutation is stored as text, and ClickHouse 26.9 writes a
+            # DateTime64 parameter there as a number that it cannot parse back for dates near 1970.
+            client.command(
+                f"DELETE FROM `{spec.table}` WHERE {_ch_where_literal(part)} AND (key, {ch_content_hash(spec)}) IN "
+                f"(SELECT key, h FROM `{helper}`)",
+                settings={"lightweight_deletes_sync": 2},
+            )
+        finally:
+            client.command(f"DROP TABLE IF EXISTS `{helper}`")
+    result.deleted = verified.num_rows
+    left = client.command(f"SELECT count() FROM `{spec.table}` FINAL WHERE {_CH_WHERE}", parameters=params)
+    result.held_back = int(left)
+    if result.held_back:
+        log.warning("migration: %s: %d hot rows have keys already cold with other content", part, result.held_back)
+    return result
+
+
+def _ch_record(
+    client: Any, cold: ColdRoot, spec: TableSpec, part: Partition, n: int, path: str, rows: int, digest: str
+) -> None:
+    client.insert(
+        MANIFEST_TABLE,
+        [[_relative(cold, path), spec.table, part.exchange, part.market, part.date, n, rows, digest]],
+        column_names=["path", "table", "exchange", "market", "date", "part", "rows", "content_hash"],
+    )
+
+
+def _ch_record_unlisted(
+    client: Any,
+    duck: duckdb.DuckDBPyConnection,
+    cold: ColdRoot,
+    spec: TableSpec,
+    part: Partition,
+    parts: list[tuple[int, str]],
+) -> None:
+    if not parts:
+        return
+    paths = [_relative(cold, p) for _, p in parts]
+    listed = {
+        r[0]
+        for r in client.query(
+            f"SELECT path FROM `{MANIFEST_TABLE}` FINAL WHERE has({{paths:Array(String)}}, path)",
+            parameters={"paths": paths},
+        ).result_rows
+    }
+    for n, path in parts:
+        if _relative(cold, path) not in listed:
+            rows, _, digest = _digest(
+                duck, f"SELECT count(*), 0, sum({row_hash(spec)}) FROM {cold_scan([cold.url(path)])}"
+            )
+            _ch_record(client, cold, spec, part, n, path, rows, digest)
