@@ -194,6 +194,14 @@ class FundingRate(Record, kw_only=True, gc=False):
     settled one for history); ``predicted_rate`` the venue's estimate of the following one (OKX
     ``nextFundingRate``); ``mark_price``/``index_price`` where the same message carries them (Binance
     ``markPriceUpdate``, OKX ``mark-price`` has only the mark). Rates and prices are the venue's decimal strings.
+
+    Further fields, each kept where a venue sends it (None elsewhere): ``estimated_settle_price`` (Binance ``P``),
+    ``next_funding_time`` (µs; OKX ``nextFundingTime``), ``min_funding_rate``/``max_funding_rate`` (OKX's bounds),
+    ``premium``, ``interest_rate``, ``impact_value``, ``settled_rate`` (OKX ``settFundingRate``: the rate of the
+    last settlement), ``settle_state`` (OKX ``settState``: processing | settled), ``method`` (OKX
+    ``current_period`` | ``next_period``), ``formula_type`` (OKX ``noRate`` | ``withRate``), ``funding_rate_1h``
+    and ``prev_index_price`` (Deribit ``interest_1h``, ``prev_index_price``). A venue's empty string ("no value") is
+    stored as None.
     """
 
     data_type: ClassVar[DataType] = DataType.FUNDING_RATE
@@ -203,20 +211,37 @@ class FundingRate(Record, kw_only=True, gc=False):
     predicted_rate: str | None = None
     mark_price: str | None = None
     index_price: str | None = None
+    estimated_settle_price: str | None = None
+    next_funding_time: int | None = None
+    min_funding_rate: str | None = None
+    max_funding_rate: str | None = None
+    premium: str | None = None
+    interest_rate: str | None = None
+    impact_value: str | None = None
+    settled_rate: str | None = None
+    settle_state: str | None = None
+    method: str | None = None
+    formula_type: str | None = None
+    funding_rate_1h: str | None = None
+    prev_index_price: str | None = None
 
     def natural_key(self) -> str:
-        return f"funding_rate:{self.exchange}:{self.market}:{self.symbol}:{self.ts}"
+        # A mark-only record (OKX mark-price) may share its millisecond with a funding push of the same symbol.
+        kind = ":mark" if self.funding_rate is None and self.mark_price is not None else ""
+        return f"funding_rate:{self.exchange}:{self.market}:{self.symbol}:{self.ts}{kind}"
 
 
 class OpenInterest(Record, kw_only=True, gc=False):
     """Open interest at ``ts``: ``open_interest`` in the venue's unit (contracts or base currency, as it sends it),
     ``open_interest_value`` in quote currency where the venue gives it (OKX ``oiUsd``/``oiCcy``, Binance
-    ``sumOpenInterestValue``)."""
+    ``sumOpenInterestValue``, Bybit ``openInterestValue``). ``open_interest_ccy``: OKX ``oiCcy``, the open interest
+    in coin (base currency) where ``open_interest`` is in contracts."""
 
     data_type: ClassVar[DataType] = DataType.OPEN_INTEREST
 
     open_interest: str
     open_interest_value: str | None = None
+    open_interest_ccy: str | None = None
 
     def natural_key(self) -> str:
         return f"open_interest:{self.exchange}:{self.market}:{self.symbol}:{self.ts}"
@@ -225,7 +250,14 @@ class OpenInterest(Record, kw_only=True, gc=False):
 class Liquidation(Record, kw_only=True, gc=False):
     """A forced order. ``side`` is the liquidation order's side (a long position is liquidated by a sell);
     ``status`` and ``order_id`` where the venue gives them. Venues send no id for most liquidations, so the
-    natural key is the event itself: time, side, price and size."""
+    natural key is the event itself: time, side, price and size.
+
+    ``price``: Binance the order price ``p``, OKX the bankruptcy price ``bkPx``, Bybit ``p``. ``size``: Binance the
+    original quantity ``q``, OKX ``sz`` (contracts for swaps), Bybit ``v``. Kept where sent: ``avg_price``
+    (Binance ``ap``), ``filled_size`` (Binance ``z``, accumulated), ``last_filled_size`` (Binance ``l``),
+    ``order_type`` (Binance ``o``), ``time_in_force`` (Binance ``f``), ``position_side`` (``long``/``short``; OKX
+    ``posSide``, Bybit's ``S`` which names the liquidated position), ``bankruptcy_loss`` (OKX ``bkLoss``) and
+    ``currency`` (OKX ``ccy``, for margin liquidations)."""
 
     data_type: ClassVar[DataType] = DataType.LIQUIDATION
 
@@ -234,6 +266,14 @@ class Liquidation(Record, kw_only=True, gc=False):
     size: str
     status: str | None = None
     order_id: str | None = None
+    avg_price: str | None = None
+    filled_size: str | None = None
+    last_filled_size: str | None = None
+    order_type: str | None = None
+    time_in_force: str | None = None
+    position_side: str | None = None
+    bankruptcy_loss: str | None = None
+    currency: str | None = None
 
     def natural_key(self) -> str:
         return f"liquidation:{self.exchange}:{self.market}:{self.symbol}:{self.ts}:{self.side}:{self.price}:{self.size}"

@@ -240,14 +240,15 @@ async def test_rotation_overlaps_connections_without_gaps(tmp_path: Path, nats_c
 def test_sharding_respects_per_connection_limits() -> None:
     venue = get_venue("binance_usdm")
     symbols = [f"C{i}-USDT" for i in range(150)]
-    subs = venue.subscriptions(symbols, list(venue.channels))
+    types = [DataType.TRADE, DataType.DEPTH, DataType.TICKER]  # 3 streams a symbol (USDⓈ-M has 5 with derivatives)
+    subs = venue.subscriptions(symbols, types)
     shards = shard_subscriptions(subs, venue.limits.streams_per_connection)
     assert len(shards) == 3 and all(len(s) <= 200 for s in shards)
     assert sum(len(s) for s in shards) == 450
     for shard in shards:  # a symbol's channels never straddle connections
         instruments = {s.instrument for s in shard}
         assert all(sum(1 for s in shard if s.instrument == i) == 3 for i in instruments)
-    collector = Collector(venue, symbols, _Sink())
+    collector = Collector(venue, symbols, _Sink(), data_types=types)
     assert len(collector.sessions) == 3
     with pytest.raises(ValueError, match="no symbols"):
         Collector(venue, [], _Sink())

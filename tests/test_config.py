@@ -200,7 +200,7 @@ def test_migrate_original_makes_a_valid_config_with_a_report() -> None:
     assert list(config.venues) == ["binance_spot", "binance_usdm", "okx_spot", "okx_swap"]
     for venue in config.venues.values():
         assert venue.symbols == ["BTC-USDT", "ETH-USDT"]  # BTCUSDT and BTC-USDT-SWAP normalised
-        assert venue.data_types == [DataType.DEPTH, DataType.TRADE]
+        assert venue.data_types[:2] == [DataType.DEPTH, DataType.TRADE]
         assert venue.depth_levels == 200 and venue.book_interval_ms == 100
         assert (venue.backoff_initial_s, venue.backoff_max_s, venue.stall_timeout_s) == (1.0, 30.0, 60.0)
         assert venue.ws_url is None and venue.rest_url is None  # the original's URLs equal our defaults
@@ -224,8 +224,17 @@ def test_migrate_original_makes_a_valid_config_with_a_report() -> None:
     assert ("js_init_market_data.yaml:streams.MARKET_DATA.max_age", "nats.max_age_s") in maps
     dropped = dict(report.dropped)
     assert "deribit" in dropped["unified_data_collection.yaml:exchanges.deribit_derivatives"]
-    assert "has no streaming channel for funding_rate" in dropped[
-        "unified_data_collection.yaml:exchanges.binance_derivatives.data_types[funding_rate]"]  # fmt: skip
+    # derivatives streams where the venue streams them (issue 6); the rest is a scheduled REST pull
+    venues = config.venues
+    assert venues["binance_spot"].data_types == venues["okx_spot"].data_types == [DataType.DEPTH, DataType.TRADE]
+    assert venues["binance_usdm"].data_types == [DataType.DEPTH, DataType.TRADE, DataType.FUNDING_RATE,
+                                                 DataType.LIQUIDATION]  # fmt: skip
+    assert venues["okx_swap"].data_types == [DataType.DEPTH, DataType.TRADE, DataType.FUNDING_RATE,
+                                             DataType.OPEN_INTEREST, DataType.LIQUIDATION]  # fmt: skip
+    assert ("unified_data_collection.yaml:exchanges.binance_derivatives.data_types[funding_rate]",
+            "venues.binance_usdm.data_types[funding_rate]") in maps  # fmt: skip
+    assert "has no streaming channel for open_interest" in dropped[
+        "unified_data_collection.yaml:exchanges.binance_derivatives.data_types[open_interest]"]  # fmt: skip
     assert "always on" in dropped["unified_data_collection.yaml:exchanges.binance_spot.orderbook.validation_enabled"]
     assert "verified" in dropped["cold_storage_config.yaml:replication"]
     assert all(reason for _, reason in report.dropped)  # every drop says why

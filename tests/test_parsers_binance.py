@@ -310,8 +310,8 @@ CONTROL = [
     '{"result":true,"id":2}',  # GET_PROPERTY combined
     b'{"result":null,"id":1}',
     '{"stream":"btcusdt@kline_1m","data":{"e":"kline","E":1,"s":"BTCUSDT","k":{"t":1}}}',
-    '{"stream":"btcusdt@markPrice@1s","data":{"e":"markPriceUpdate","E":1,"s":"BTCUSDT","p":"1"}}',
-    '{"stream":"btcusdt@forceOrder","data":{"e":"forceOrder","E":1,"o":{"s":"BTCUSDT","st":1}}}',
+    '{"stream":"btcusdt@miniTicker","data":{"e":"24hrMiniTicker","E":1,"s":"BTCUSDT","c":"1"}}',
+    # markPrice and forceOrder are normalised now (funding_rate, liquidation): see test_parsers_derivs.py
 ]
 
 

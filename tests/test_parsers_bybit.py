@@ -105,29 +105,34 @@ def _bbo(t) -> tuple:
     return (t.bid_price, t.bid_size, t.ask_price, t.ask_size, t.last_price, t.seq, t.ts)
 
 
+def _tickers(records: list) -> list:
+    """Ticker records only: tickers also yields funding_rate and open_interest (test_parsers_derivs.py)."""
+    return [r for r in records if r.data_type is DataType.TICKER]
+
+
 def test_synthetic_tickers_snapshot_then_partial_deltas_are_merged():
     p = new_parser()
-    (t,) = p.parse(_ticker("snapshot", 100, 1673272861686, **SNAPSHOT_FIELDS), RECV_TS)
+    (t,) = _tickers(p.parse(_ticker("snapshot", 100, 1673272861686, **SNAPSHOT_FIELDS), RECV_TS))
     assert t.data_type is DataType.TICKER
     assert (t.symbol, t.instrument, t.market) == ("BTC-USDT", "BTCUSDT", "perpetual")
     assert _bbo(t) == ("17215.50", "84.489", "17216.00", "83.020", "17216.00", 100, 1673272861686000)
     # only the bid moved: ask side and last price come from the snapshot
-    (t,) = p.parse(_ticker("delta", 101, 1673272861786, bid1Price="17215.00", bid1Size="87.321"), RECV_TS)
+    (t,) = _tickers(p.parse(_ticker("delta", 101, 1673272861786, bid1Price="17215.00", bid1Size="87.321"), RECV_TS))
     assert _bbo(t) == ("17215.00", "87.321", "17216.00", "83.020", "17216.00", 101, 1673272861786000)
     # a delta that moves only mark price / funding is not a best bid/ask update
-    assert p.parse(_ticker("delta", 102, 1673272861886, markPrice="17213.08", fundingRate="-0.0002"), 0) == []
+    assert _tickers(p.parse(_ticker("delta", 102, 1673272861886, markPrice="17213.08", fundingRate="-0.0002"), 0)) == []
     # last price alone: no record, but it is remembered
-    assert p.parse(_ticker("delta", 103, 1673272861986, lastPrice="17215.50"), RECV_TS) == []
+    assert _tickers(p.parse(_ticker("delta", 103, 1673272861986, lastPrice="17215.50"), RECV_TS)) == []
     # same best bid/ask repeated: no record
-    assert p.parse(_ticker("delta", 104, 1673272862086, bid1Price="17215.00"), RECV_TS) == []
-    (t,) = p.parse(_ticker("delta", 105, 1673272862186, ask1Size="3.126"), RECV_TS)
+    assert _tickers(p.parse(_ticker("delta", 104, 1673272862086, bid1Price="17215.00"), RECV_TS)) == []
+    (t,) = _tickers(p.parse(_ticker("delta", 105, 1673272862186, ask1Size="3.126"), RECV_TS))
     assert _bbo(t) == ("17215.00", "87.321", "17216.00", "3.126", "17215.50", 105, 1673272862186000)
     # another symbol has its own state: a delta before its snapshot gives nothing
-    assert p.parse(_ticker("delta", 7, 1673272862286, symbol="ETHUSDT", bid1Price="1200.1"), RECV_TS) == []
+    assert _tickers(p.parse(_ticker("delta", 7, 1673272862286, symbol="ETHUSDT", bid1Price="1200.1"), RECV_TS)) == []
     # a new snapshot replaces the state (fields missing from it are not carried over)
     partial = {k: v for k, v in SNAPSHOT_FIELDS.items() if k != "ask1Size"}
-    assert p.parse(_ticker("snapshot", 200, 1673272863000, **partial), RECV_TS) == []
-    (t,) = p.parse(_ticker("delta", 201, 1673272863100, ask1Size="1.000"), RECV_TS)
+    assert _tickers(p.parse(_ticker("snapshot", 200, 1673272863000, **partial), RECV_TS)) == []
+    (t,) = _tickers(p.parse(_ticker("delta", 201, 1673272863100, ask1Size="1.000"), RECV_TS))
     assert _bbo(t) == ("17215.50", "84.489", "17216.00", "1.000", "17216.00", 201, 1673272863100000)
 
 

@@ -763,3 +763,67 @@ async def test_recording_formats_captures_and_cli_helpers(tmp_path: Path) -> Non
         SimConfig(mode="replay")
     with pytest.raises(ValueError, match="unknown venue"):
         SimConfig(venues=["nope"])
+
+
+# --- derivatives streams (issue 6): funding, mark, open interest, liquidations --------------------------------
+
+DERIV_TYPES = {
+    "binance_usdm": [DataType.FUNDING_RATE, DataType.LIQUIDATION],
+    "okx_swap": [DataType.FUNDING_RATE, DataType.OPEN_INTEREST, DataType.LIQUIDATION],
+    "bybit_linear": [DataType.FUNDING_RATE, DataType.OPEN_INTEREST, DataType.LIQUIDATION],
+}
+
+
+@pytest.mark.parametrize("venue", list(DERIV_TYPES))
+async def test_synthetic_derivatives_streams_are_consistent_and_take_faults(venue: str) -> None:
+    faults = {venue: Faults(drop_every_n=6)}
+    async with SimServer(synthetic([venue], rate=60, faults=faults)) as sim, Client(sim, venue) as c:
+        v = c.venue
+        for m in v.subscribe_messages(v.wire_streams(v.subscriptions(SYMBOLS, DERIV_TYPES[venue])), 1):
+            await c.ws.send(m)
+        frames = await c.read(1.5)
+        truth = sim.truth()["venues"][venue]["instruments"]
+        books = {inst: sim.book(venue, inst) for inst in truth}
+    records = [r for f in frames for r in c.parser.parse(f, 0)]
+    by_type = defaultdict(list)
+    for r in records:
+        by_type[r.data_type].append(r)
+    for dt in DERIV_TYPES[venue]:
+        assert by_type[dt], dt
+    for r in by_type[DataType.FUNDING_RATE]:
+        if r.funding_rate is not None:
+            assert abs(float(r.funding_rate)) <= 0.00375
+            assert r.funding_time is not None and r.funding_time > r.ts  # the next funding
+        if r.mark_price is not None:  # near the book's mid
+            book = books[r.instrument]
+            mid = (float(book["bids"][0][0]) + float(book["asks"][0][0])) / 2
+            assert abs(float(r.mark_price) / mid - 1) < 0.02
+    for inst in truth:
+        oi = [float(r.open_interest) for r in by_type[DataType.OPEN_INTEREST] if r.instrument == inst]
+        assert all(abs(b / a - 1) < 0.01 for a, b in itertools.pairwise(oi))  # changes slowly
+    for r in by_type[DataType.LIQUIDATION]:
+        assert r.side in ("buy", "sell") and float(r.price) > 0 and float(r.size) > 0
+    # ground truth counts them like any stream, and the drop fault applies to them
+    dropped = 0
+    for dt in DERIV_TYPES[venue]:
+        key = "ticker" if v.channels[dt] == "tickers" else str(dt)
+        counts = [per[key] for per in truth.values() if key in per]
+        assert sum(x["frames"] for x in counts) > 0, dt
+        dropped += sum(x["dropped"] for x in counts)
+    assert dropped > 0
+
+
+async def test_okx_liquidation_orders_subscribe_by_inst_type() -> None:
+    async with SimServer(synthetic(["okx_swap", "okx_spot"], rate=80)) as sim:
+        async with Client(sim, "okx_swap") as c:
+            await c.ws.send('{"op":"subscribe","args":[{"channel":"liquidation-orders","instType":"SWAP"}]}')
+            frames = await c.read(1.0)
+        async with Client(sim, "okx_spot") as spot:  # no swap liquidations on the spot venue
+            await spot.ws.send('{"op":"subscribe","args":[{"channel":"liquidation-orders","instType":"SWAP"}]}')
+            (reply,) = await spot.read(0.3)
+    acks = [orjson.loads(f) for f in frames if '"event"' in f]
+    assert acks == [{"event": "subscribe", "arg": {"channel": "liquidation-orders", "instType": "SWAP"},
+                     "connId": acks[0]["connId"]}]  # fmt: skip
+    liqs = [r for f in frames if '"event"' not in f for r in c.parser.parse(f, 0)]
+    assert {r.instrument for r in liqs} == {"BTC-USDT-SWAP", "ETH-USDT-SWAP"}  # every swap, one stream
+    assert orjson.loads(reply)["event"] == "error"

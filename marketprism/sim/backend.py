@@ -37,6 +37,10 @@ class VenueBackend(ABC):
     @abstractmethod
     def specs(self) -> list[tuple[str, InstrumentSpec]]: ...
 
+    def instrument_ids(self) -> list[str]:
+        """Every instrument this venue serves (streams subscribed by instrument type cover them all)."""
+        return [name for name, _ in self.specs()]
+
     # --- delivery bookkeeping ------------------------------------------------------------------------
 
     def is_resent(self, frame: Frame) -> bool:

@@ -18,7 +18,15 @@ import orjson
 from marketprism.records import DataType, Market
 from marketprism.sim.book import InstrumentSpec, NumberFormat, fixed
 from marketprism.sim.frames import Frame, StreamKey, Sub
-from marketprism.sim.market import DepthEvent, SeqStyle, SyntheticInstrument, TradeEvent
+from marketprism.sim.market import (
+    DepthEvent,
+    LiquidationEvent,
+    SeqStyle,
+    SyntheticInstrument,
+    TradeEvent,
+    next_funding_ms,
+    rate_str,
+)
 from marketprism.sim.protocol import (
     ClientContext,
     ClientMessage,
@@ -46,7 +54,14 @@ def channel_family(channel: str) -> tuple[DataType, str] | None:
         return DataType.DEPTH, "depth"
     if channel == "bookTicker":
         return DataType.TICKER, "book"
+    if channel == "markPrice" or channel.startswith("markPrice@"):  # USDⓈ-M only
+        return DataType.FUNDING_RATE, "mark"
+    if channel == "forceOrder":  # USDⓈ-M only
+        return DataType.LIQUIDATION, "force"
     return None
+
+
+_FUTURES_ONLY = frozenset({DataType.FUNDING_RATE, DataType.LIQUIDATION})
 
 
 def _levels(changes: dict[int, int], inst: SyntheticInstrument, descending: bool) -> list[list[str]]:
@@ -66,11 +81,10 @@ class BinanceWire(VenueWire):
 
     # --- client messages ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _parse_stream(name: str) -> tuple[StreamKey, Sub] | None:
+    def _parse_stream(self, name: str) -> tuple[StreamKey, Sub] | None:
         symbol, at, channel = name.partition("@")
         family = channel_family(channel) if at and symbol else None
-        if family is None:
+        if family is None or (family[0] in _FUTURES_ONLY and not self.futures):
             return None
         dtype, variant = family
         return (symbol.upper(), dtype), Sub(name, variant)
@@ -202,6 +216,27 @@ class BinanceWire(VenueWire):
         if self.futures:
             data = {"e": "bookTicker", **data, "T": now_ms, "E": now_ms}
         return [self._frame((s, DataType.TICKER), f"{s.lower()}@bookTicker", "book", data, seq=book.seq)]
+
+    def funding_frames(self, inst: SyntheticInstrument, variants: Collection[str], now_ms: int) -> list[Frame]:
+        if not self.futures:
+            return []
+        s, fmt = inst.instrument, inst.fmt
+        mark = inst.mark_price()
+        data = {"e": "markPriceUpdate", "E": now_ms, "s": s, "p": fmt.price(mark), "i": fmt.price(mark),
+                "P": fmt.price(mark), "r": rate_str(inst.funding_e8), "T": next_funding_ms(now_ms)}  # fmt: skip
+        name = f"{s.lower()}@{self.venue.channels.get(DataType.FUNDING_RATE, 'markPrice@1s')}"
+        return [self._frame((s, DataType.FUNDING_RATE), name, "mark", data)]
+
+    def liquidation_frames(self, inst: SyntheticInstrument, liq: LiquidationEvent, variants: Collection[str],
+                           now_ms: int) -> list[Frame]:  # fmt: skip
+        if not self.futures:
+            return []
+        s, fmt = inst.instrument, inst.fmt
+        q, p = fmt.size(liq.size), fmt.price(liq.price)
+        order = {"s": s, "S": "BUY" if liq.is_buy else "SELL", "o": "LIMIT", "f": "IOC", "q": q, "p": p, "ap": p,
+                 "X": "FILLED", "l": q, "z": q, "T": now_ms}  # fmt: skip
+        data = {"e": "forceOrder", "E": now_ms, "o": order}
+        return [self._frame((s, DataType.LIQUIDATION), f"{s.lower()}@forceOrder", "force", data)]
 
     # --- REST ----------------------------------------------------------------------------------------
 

@@ -9,8 +9,10 @@ changed. REST: ``/v5/market/orderbook``, ``/v5/market/instruments-info`` (catego
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Collection, Mapping
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,7 +21,15 @@ import orjson
 from marketprism.records import DataType
 from marketprism.sim.book import InstrumentSpec, NumberFormat
 from marketprism.sim.frames import Frame, StreamKey, Sub
-from marketprism.sim.market import DepthEvent, SeqStyle, SyntheticInstrument, TradeEvent
+from marketprism.sim.market import (
+    DepthEvent,
+    LiquidationEvent,
+    SeqStyle,
+    SyntheticInstrument,
+    TradeEvent,
+    next_funding_ms,
+    rate_str,
+)
 from marketprism.sim.protocol import (
     ClientContext,
     ClientMessage,
@@ -37,7 +47,8 @@ from marketprism.venues.base import Venue
 _TOPICS: dict[str, tuple[DataType, str]] = {
     "publicTrade": (DataType.TRADE, "trade"),
     "orderbook": (DataType.DEPTH, "book"),
-    "tickers": (DataType.TICKER, "ticker"),
+    "tickers": (DataType.TICKER, "ticker"),  # also carries funding and open interest
+    "allLiquidation": (DataType.LIQUIDATION, "liq"),
 }
 _BOOK_DEPTHS = (1, 50, 200, 500)
 
@@ -199,12 +210,16 @@ class BybitWire(VenueWire):
     def _ticker_state(self, inst: SyntheticInstrument) -> dict[str, str]:
         fmt, book = inst.fmt, inst.book
         (bp, bq), (ap, aq) = book.best_bid(), book.best_ask()
-        mid = fmt.price((bp + ap) // 2)
+        mid = fmt.price(inst.mark_price())
+        oi = fmt.size(inst.open_interest)
+        oi_value = (Decimal(oi) * Decimal(mid)).quantize(Decimal("0.01"))
         return {"symbol": inst.instrument, "tickDirection": inst.last_trade.tick_direction if inst.last_trade
                 else "ZeroPlusTick", "lastPrice": fmt.price(inst.last_price()), "markPrice": mid,
                 "indexPrice": mid, "bid1Price": fmt.price(bp), "bid1Size": fmt.size(bq), "ask1Price": fmt.price(ap),
-                "ask1Size": fmt.size(aq), "fundingRate": "0.0001", "openInterest": "0",
-                "price24hPcnt": "0", "volume24h": "0", "turnover24h": "0"}  # fmt: skip
+                "ask1Size": fmt.size(aq), "fundingRate": rate_str(inst.funding_e8, strip=True),
+                "nextFundingTime": str(next_funding_ms(time.time_ns() // 1_000_000)), "openInterest": oi,
+                "openInterestValue": f"{oi_value:f}", "price24hPcnt": "0", "volume24h": "0",
+                "turnover24h": "0"}  # fmt: skip
 
     def _published_ticker(self, inst: SyntheticInstrument) -> dict[str, str]:
         # Deltas describe changes from what was last published, so a new subscriber's snapshot must be
@@ -229,6 +244,16 @@ class BybitWire(VenueWire):
         inst.cross_seq += 1
         return [self._ticker_frame(inst, f"tickers.{inst.instrument}", "delta",
                                    {"symbol": inst.instrument, **delta}, now_ms)]  # fmt: skip
+
+    def liquidation_frames(self, inst: SyntheticInstrument, liq: LiquidationEvent, variants: Collection[str],
+                           now_ms: int) -> list[Frame]:  # fmt: skip
+        s, fmt = inst.instrument, inst.fmt
+        # S is the liquidated position's side: a sell order (is_buy False) liquidates a long, sent as "Buy"
+        data = [{"T": now_ms, "s": s, "S": "Sell" if liq.is_buy else "Buy", "v": fmt.size(liq.size),
+                 "p": fmt.price(liq.price)}]  # fmt: skip
+        topic = f"allLiquidation.{s}"
+        text = '{"topic":"' + topic + '","type":"snapshot","ts":' + str(now_ms) + ',"data":' + dumps(data) + "}"
+        return [Frame((s, DataType.LIQUIDATION), text, name=topic, variant="liq")]
 
     # --- REST ----------------------------------------------------------------------------------------
 

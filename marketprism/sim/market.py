@@ -30,6 +30,30 @@ class DepthEvent:
 
 
 @dataclass(slots=True)
+class LiquidationEvent:
+    is_buy: bool  # the liquidation order's side: a buy closes a short position
+    price: int  # ticks: a few ticks beyond the best price on the side it takes
+    size: int  # lots
+
+
+# Derivatives state: funding in units of 1e-8 (0.0001 = 10_000), bounded like OKX's ±0.375 %; funding every 8 h.
+FUNDING_CAP_E8 = 375_000
+FUNDING_INTERVAL_MS = 8 * 3600 * 1000
+LIQUIDATION_SHARE = 0.2  # liquidation events per update event: occasional
+
+
+def rate_str(e8: int, strip: bool = False) -> str:
+    """A rate in units of 1e-8 as a decimal string: 10_000 -> "0.00010000" (``strip``: "0.0001")."""
+    sign = "-" if e8 < 0 else ""
+    text = f"{sign}{abs(e8) // 10**8}.{abs(e8) % 10**8:08d}"
+    return (text.rstrip("0").rstrip(".") or "0") if strip else text
+
+
+def next_funding_ms(now_ms: int) -> int:
+    return (now_ms // FUNDING_INTERVAL_MS + 1) * FUNDING_INTERVAL_MS
+
+
+@dataclass(slots=True)
 class TradeEvent:
     trade_id: int
     is_buy: bool  # taker side
@@ -68,7 +92,14 @@ class SyntheticInstrument:
         self.trade_id = id_offset + rng.randrange(10**8, 10**9)  # id of the last trade
         self.cross_seq = id_offset + rng.randrange(10**9, 10**10)
         self.last_trade: TradeEvent | None = None
-        self.accumulated: dict[DataType, float] = {dt: 0.0 for dt in (DataType.DEPTH, DataType.TRADE, DataType.TICKER)}
+        self.accumulated: dict[DataType, float] = {dt: 0.0 for dt in (
+            DataType.DEPTH, DataType.TRADE, DataType.TICKER, DataType.FUNDING_RATE, DataType.LIQUIDATION)}  # fmt: skip
+        # Derivatives: funding drifts slowly within the cap, open interest (lots) changes by fractions of a percent.
+        # Its own random stream, so the book's sequence for a seed is the same whether derivatives are served or not.
+        self.deriv_rng = random.Random(f"derivs:{instrument}:{start_seq}")
+        self.funding_e8 = self.deriv_rng.randint(-2_000, 12_000)
+        self.settled_funding_e8 = self.funding_e8
+        self.open_interest = max_lot * self.deriv_rng.randint(500, 5000)
         self.published_ticker: dict[str, str] | None = None  # Bybit: the state the delta stream describes
 
     def due(self, dtype: DataType, events: float) -> int:
@@ -107,6 +138,23 @@ class SyntheticInstrument:
         self.cross_seq += self.rng.randint(1, 50)
         self.last_trade = TradeEvent(self.trade_id, is_buy, price, size, direction)
         return self.last_trade
+
+    def step_derivs(self) -> None:
+        rng = self.deriv_rng
+        self.funding_e8 = max(-FUNDING_CAP_E8, min(FUNDING_CAP_E8, self.funding_e8 + rng.randint(-25, 25)))
+        step = max(1, self.open_interest // 2000)
+        self.open_interest = max(self.book.max_lot, self.open_interest + rng.randint(-step, step))
+
+    def mark_price(self) -> int:
+        """Ticks: the book's mid (rounded down), so best bid <= mark <= best ask."""
+        return (self.book.best_bid()[0] + self.book.best_ask()[0]) // 2
+
+    def liquidation(self) -> LiquidationEvent:
+        rng = self.deriv_rng
+        is_buy = rng.random() < 0.5
+        k = rng.randint(0, 5)
+        price = self.book.best_ask()[0] + k if is_buy else max(1, self.book.best_bid()[0] - k)
+        return LiquidationEvent(is_buy, price, max(1, int(rng.expovariate(5.0 / self.book.max_lot)) + 1))
 
     def last_price(self) -> int:
         return self.last_trade.price if self.last_trade else self.book.best_bid()[0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Collection, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,7 +22,17 @@ import orjson
 from marketprism.records import DataType, Market
 from marketprism.sim.book import InstrumentSpec, NumberFormat
 from marketprism.sim.frames import Frame, StreamKey, Sub
-from marketprism.sim.market import DepthEvent, SeqStyle, SyntheticInstrument, TradeEvent, num_orders
+from marketprism.sim.market import (
+    FUNDING_CAP_E8,
+    DepthEvent,
+    LiquidationEvent,
+    SeqStyle,
+    SyntheticInstrument,
+    TradeEvent,
+    next_funding_ms,
+    num_orders,
+    rate_str,
+)
 from marketprism.sim.protocol import (
     ClientContext,
     ClientMessage,
@@ -48,8 +59,14 @@ _CHANNELS: dict[str, tuple[DataType, str]] = {
     "books5": (DataType.DEPTH, "books5"),
     "bbo-tbt": (DataType.TICKER, "bbo"),
     "tickers": (DataType.TICKER, "tickers"),
+    "funding-rate": (DataType.FUNDING_RATE, "funding"),
+    "mark-price": (DataType.FUNDING_RATE, "mark"),
+    "open-interest": (DataType.OPEN_INTEREST, "oi"),
+    "liquidation-orders": (DataType.LIQUIDATION, "liq"),
 }
-_SYNTHETIC_VARIANTS = frozenset({"trades", "books", "bbo", "tickers"})
+_SYNTHETIC_VARIANTS = frozenset({"trades", "books", "bbo", "tickers", "funding", "mark", "oi", "liq"})
+_SWAP_ONLY = frozenset({"funding-rate", "open-interest", "liquidation-orders"})
+LIQUIDATION_CHANNEL = "liquidation-orders"  # subscribed by instType: one stream for every instrument of the type
 
 
 def okx_checksum(bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]]) -> int:
@@ -97,9 +114,13 @@ class OkxWire(VenueWire):
         msg = ClientMessage(is_subscribe=op == "subscribe")
         for arg in args:
             channel = arg.get("channel") if isinstance(arg, dict) else None
+            if channel == LIQUIDATION_CHANNEL and isinstance(arg, dict) and "instId" not in arg:
+                self._by_inst_type(op, arg, ctx, msg)
+                continue
             inst = arg.get("instId") if isinstance(arg, dict) else None
             family = _CHANNELS.get(channel) if isinstance(channel, str) else None
             servable = family is not None and (not self.synthetic or family[1] in _SYNTHETIC_VARIANTS)
+            servable = servable and (channel not in _SWAP_ONLY or self.inst_type == "SWAP")
             if not servable or not isinstance(inst, str) or (self.synthetic and not ctx.known(inst)):
                 msg.replies.append(_error("60018", f"Wrong URL or channel:{channel},instId:{inst} doesn't "
                                           "exist. Please use the correct URL, channel and parameters referring "
@@ -111,6 +132,19 @@ class OkxWire(VenueWire):
             msg.replies.append(_ack(op, arg, ctx.conn_id))
         return msg
 
+    def _by_inst_type(self, op: str, arg: dict[str, Any], ctx: ClientContext, msg: ClientMessage) -> None:
+        """``{"channel":"liquidation-orders","instType":"SWAP"}``: every instrument of the type, in one stream."""
+        inst_type = arg.get("instType")
+        if inst_type != self.inst_type or inst_type != "SWAP":
+            msg.replies.append(_error("60018", f"Wrong URL or channel:{LIQUIDATION_CHANNEL},instType:{inst_type} "
+                                      "doesn't exist. Please use the correct URL, channel and parameters referring "
+                                      "to API document.", ctx.conn_id))  # fmt: skip
+            return
+        sub = Sub(LIQUIDATION_CHANNEL, "liq")
+        entries = [((inst, DataType.LIQUIDATION), sub) for inst in ctx.instruments()]
+        (msg.subscribe if op == "subscribe" else msg.unsubscribe).extend(entries)
+        msg.replies.append(_ack(op, arg, ctx.conn_id))
+
     # --- replay --------------------------------------------------------------------------------------
 
     def classify(self, obj: Any) -> tuple[StreamKey, int | None] | None:
@@ -121,9 +155,14 @@ class OkxWire(VenueWire):
             return None
         family = _CHANNELS.get(arg.get("channel", ""))
         inst = arg.get("instId")
+        first = data[0] if data and isinstance(data[0], dict) else {}
+        if arg.get("channel") == LIQUIDATION_CHANNEL:  # by instType: the instrument is in the data
+            inst = first.get("instId")
+            details = first.get("details")
+            first = details[0] if isinstance(details, list) and details and isinstance(details[0], dict) else {}
         if family is None or not isinstance(inst, str):
             return None
-        ts = data[0].get("ts") if data and isinstance(data[0], dict) else None
+        ts = first.get("ts")
         return (inst, family[0]), int(ts) if isinstance(ts, str) and ts.isdigit() else None
 
     def classify_rest(self, url: str | None, body: Any, filename: str) -> RestKey | None:
@@ -219,6 +258,46 @@ class OkxWire(VenueWire):
                     "ts": str(now_ms)}  # fmt: skip
             out.append(self._frame(key, "tickers", "tickers", "", data))
         return out
+
+    def funding_frames(self, inst: SyntheticInstrument, variants: Collection[str], now_ms: int) -> list[Frame]:
+        s, fmt = inst.instrument, inst.fmt
+        key = (s, DataType.FUNDING_RATE)
+        out = []
+        if "funding" in variants and self.inst_type == "SWAP":
+            funding_time = next_funding_ms(now_ms)
+            data = {"formulaType": "noRate", "fundingRate": rate_str(inst.funding_e8), "fundingTime": str(funding_time),
+                    "impactValue": "", "instId": s, "instType": "SWAP", "interestRate": "",
+                    "maxFundingRate": rate_str(FUNDING_CAP_E8), "method": "current_period",
+                    "minFundingRate": rate_str(-FUNDING_CAP_E8), "nextFundingRate": "",
+                    "nextFundingTime": str(funding_time + 8 * 3600 * 1000), "premium": rate_str(inst.funding_e8 // 2),
+                    "settFundingRate": rate_str(inst.settled_funding_e8), "settState": "settled",
+                    "ts": str(now_ms)}  # fmt: skip
+            out.append(self._frame(key, "funding-rate", "funding", "", data))
+        if "mark" in variants:
+            data = {"instType": self.inst_type, "instId": s, "markPx": fmt.price(inst.mark_price()), "ts": str(now_ms)}
+            out.append(self._frame(key, "mark-price", "mark", "", data))
+        return out
+
+    def open_interest_frames(self, inst: SyntheticInstrument, variants: Collection[str], now_ms: int) -> list[Frame]:
+        if self.inst_type != "SWAP":
+            return []
+        s, fmt = inst.instrument, inst.fmt
+        oi = fmt.size(inst.open_interest)  # ctVal is 1 (see _instrument): contracts = coins
+        usd = Decimal(oi) * Decimal(fmt.price(inst.mark_price()))
+        data = {"instId": s, "instType": "SWAP", "oi": oi, "oiCcy": oi, "oiUsd": f"{usd:f}", "ts": str(now_ms)}
+        return [self._frame((s, DataType.OPEN_INTEREST), "open-interest", "oi", "", data)]
+
+    def liquidation_frames(self, inst: SyntheticInstrument, liq: LiquidationEvent, variants: Collection[str],
+                           now_ms: int) -> list[Frame]:  # fmt: skip
+        if self.inst_type != "SWAP":
+            return []
+        s, fmt, spec = inst.instrument, inst.fmt, inst.spec
+        family = f"{spec.base}-{spec.quote}"
+        detail = {"bkLoss": "0", "bkPx": fmt.price(liq.price), "ccy": "", "posSide": "short" if liq.is_buy else "long",
+                  "side": "buy" if liq.is_buy else "sell", "sz": fmt.size(liq.size), "ts": str(now_ms)}  # fmt: skip
+        data = {"details": [detail], "instFamily": family, "instId": s, "instType": "SWAP", "uly": family}
+        text = '{"arg":{"channel":"' + LIQUIDATION_CHANNEL + '","instType":"SWAP"},"data":[' + dumps(data) + "]}"
+        return [Frame((s, DataType.LIQUIDATION), text, name=LIQUIDATION_CHANNEL, variant="liq")]
 
     # --- REST ----------------------------------------------------------------------------------------
 

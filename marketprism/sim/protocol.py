@@ -17,7 +17,7 @@ import orjson
 
 from marketprism.sim.book import InstrumentSpec, NumberFormat
 from marketprism.sim.frames import BookSnapshot, Frame, StreamKey, Sub
-from marketprism.sim.market import DepthEvent, SeqStyle, SyntheticInstrument, TradeEvent
+from marketprism.sim.market import DepthEvent, LiquidationEvent, SeqStyle, SyntheticInstrument, TradeEvent
 from marketprism.venues.base import Venue
 
 # A recorded REST body is looked up by (endpoint kind, identifier), e.g. ("depth", "BTCUSDT").
@@ -48,6 +48,7 @@ class ClientContext:
     conn_id: str
     subs: Mapping[StreamKey, list[Sub]]
     known: Callable[[str], bool]  # does this venue instrument exist?
+    instruments: Callable[[], Collection[str]] = tuple  # every instrument (OKX subscribes liquidations by type)
 
 
 class MarketBackend(Protocol):
@@ -130,6 +131,17 @@ class VenueWire(ABC):
 
     def subscribe_frames(self, inst: SyntheticInstrument, key: StreamKey, sub: Sub, now_ms: int) -> list[Frame]:
         """Frames a new subscriber gets first (OKX and Bybit book snapshots)."""
+        return []
+
+    # Derivatives streams, for venues that stream them (Bybit's funding and open interest ride on its tickers).
+    def funding_frames(self, inst: SyntheticInstrument, variants: Collection[str], now_ms: int) -> list[Frame]:
+        return []
+
+    def open_interest_frames(self, inst: SyntheticInstrument, variants: Collection[str], now_ms: int) -> list[Frame]:
+        return []
+
+    def liquidation_frames(self, inst: SyntheticInstrument, liq: LiquidationEvent, variants: Collection[str],
+                           now_ms: int) -> list[Frame]:  # fmt: skip
         return []
 
     # --- REST ----------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from marketprism.sim import sentiment
 from marketprism.sim.backend import VenueBackend
 from marketprism.sim.binance import BinanceWire
 from marketprism.sim.bybit import BybitWire
@@ -116,7 +117,8 @@ class VenueRuntime:
 
     def on_client_text(self, conn: Connection, text: str) -> None:
         conn.last_client_msg = time.monotonic()
-        msg = self.wire.on_text(text, ClientContext(conn.id, conn.subs, self.backend.known))
+        ctx = ClientContext(conn.id, conn.subs, self.backend.known, self.backend.instrument_ids)
+        msg = self.wire.on_text(text, ctx)
         if msg.is_subscribe:
             self.truth.subscribe_messages += 1
         for reply in msg.replies:
@@ -162,6 +164,7 @@ class SimServer:
         self._requested_port = port
         self.port = 0
         self.venues: dict[str, VenueRuntime] = {}
+        self.rest_only: dict[str, sentiment.RestOnlyRuntime] = {}  # REST-only venues (Deribit's scheduled pulls)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._conn_ids = itertools.count(1)
@@ -190,6 +193,7 @@ class SimServer:
                 source = await asyncio.to_thread(ReplaySource.load, venue, wire, paths)
                 backend = ReplayVenue(venue, wire, source, self.cfg.speed, self.cfg.replay_overlap)
             self.venues[name] = VenueRuntime(venue, wire, backend, self.cfg)
+        self.rest_only = sentiment.rest_only_runtimes(self.cfg)
         app = web.Application()
         self._routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
@@ -234,14 +238,15 @@ class SimServer:
 
     def set_faults(self, venue: str | None, faults: Faults) -> None:
         """Replace the faults of one venue, or of every venue when ``venue`` is None or ``"*"``."""
-        targets = list(self.venues) if venue in (None, ALL_VENUES) else [venue]
+        targets = [*self.venues, *self.rest_only] if venue in (None, ALL_VENUES) else [venue]
         for name in targets:
-            if name not in self.venues:
-                raise ValueError(f"venue {name!r} is not served; served: {', '.join(self.venues)}")
-            self.venues[name].set_faults(faults)
+            runtime = self.venues.get(name) or self.rest_only.get(name)
+            if runtime is None:
+                raise ValueError(f"venue {name!r} is not served; served: {', '.join([*self.venues, *self.rest_only])}")
+            runtime.set_faults(faults)
 
     def faults(self) -> dict[str, dict[str, Any]]:
-        return {name: rt.faults.to_dict() for name, rt in self.venues.items()}
+        return {name: rt.faults.to_dict() for name, rt in self._runtimes().items()}
 
     def truth(self) -> dict[str, Any]:
         """Ground truth, also served at ``GET /_sim/truth``.
@@ -252,7 +257,7 @@ class SimServer:
         (``subjects``: records per MarketPrism subject by the project's parser, ``frames`` per instrument
         and type) and ``replay_done`` turns true once every subscribed stream has been sent to its end.
         """
-        venues = {name: self._venue_truth(rt) for name, rt in self.venues.items()}
+        venues = {name: self._venue_truth(rt) for name, rt in self._runtimes().items()}
         out: dict[str, Any] = {
             "mode": self.cfg.mode,
             "connections": {name: v["connections"] for name, v in venues.items()},
@@ -270,11 +275,14 @@ class SimServer:
         rt = self.venues.get(venue)
         return rt.backend.book_at(instrument, seq) if rt else None
 
+    def _runtimes(self) -> dict[str, VenueRuntime | sentiment.RestOnlyRuntime]:
+        return {**self.venues, **self.rest_only}
+
     def connections(self, venue: str) -> list[Connection]:
         return list(self.venues[venue].connections.values())
 
     @staticmethod
-    def _venue_truth(rt: VenueRuntime) -> dict[str, Any]:
+    def _venue_truth(rt: VenueRuntime | sentiment.RestOnlyRuntime) -> dict[str, Any]:
         out = rt.truth.to_dict()
         out["open_connections"] = sum(1 for c in rt.connections.values() if not c.closing)
         return out
@@ -309,6 +317,7 @@ class SimServer:
             app.router.add_get(f"/{name}{rt.venue.ws_path}", self._ws_handler(rt))
             for path, kind in rt.wire.rest_paths.items():
                 app.router.add_get(f"/{name}{path}", self._rest_handler(rt, kind))
+        sentiment.add_routes(app, self)  # scheduled-pull endpoints: ratios, open interest, funding, DVOL
         app.router.add_get("/_sim/truth", self._truth)
         app.router.add_get("/_sim/book", self._book)
         app.router.add_get("/_sim/faults", self._get_faults)

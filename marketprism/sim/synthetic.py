@@ -19,7 +19,7 @@ from marketprism.sim.book import InstrumentSpec
 from marketprism.sim.config import SimConfig
 from marketprism.sim.connection import Connection
 from marketprism.sim.frames import BookSnapshot, Frame, StreamKey, Sub
-from marketprism.sim.market import SyntheticInstrument
+from marketprism.sim.market import LIQUIDATION_SHARE, SyntheticInstrument
 from marketprism.sim.protocol import VenueWire
 from marketprism.venues.base import Venue
 
@@ -127,14 +127,27 @@ class SyntheticVenue(VenueBackend):
         n_depth = inst.due(DataType.DEPTH, events)  # the book moves while anything of it is watched
         n_trade = inst.due(DataType.TRADE, events) if trades else 0
         n_ticker = inst.due(DataType.TICKER, events) if tickers else 0
+        funding = self._streams.get((name, DataType.FUNDING_RATE))
+        oi = self._streams.get((name, DataType.OPEN_INTEREST))
+        liqs = self._streams.get((name, DataType.LIQUIDATION))
+        n_deriv = inst.due(DataType.FUNDING_RATE, events)  # funding and open interest move with the book
+        n_liq = inst.due(DataType.LIQUIDATION, events * LIQUIDATION_SHARE) if liqs else 0
         # Interleave the kinds so a ticker reflects the book between the depth updates around it.
-        for i in range(max(n_depth, n_trade, n_ticker)):
+        for i in range(max(n_depth, n_trade, n_ticker, n_deriv, n_liq)):
             if i < n_depth:
                 ev = inst.depth_event()
                 if depth:
                     self._broadcast(wire.depth_frames(inst, ev, depth.variants, now), depth)
             if i < n_trade and trades:
                 self._broadcast(wire.trade_frames(inst, inst.trade(), trades.variants, now), trades)
+            if i < n_deriv:
+                inst.step_derivs()
+                if funding:
+                    self._broadcast(wire.funding_frames(inst, funding.variants, now), funding)
+                if oi:
+                    self._broadcast(wire.open_interest_frames(inst, oi.variants, now), oi)
+            if i < n_liq and liqs:
+                self._broadcast(wire.liquidation_frames(inst, inst.liquidation(), liqs.variants, now), liqs)
             if i < n_ticker and tickers:
                 self._broadcast(wire.ticker_frames(inst, tickers.variants, now), tickers)
 

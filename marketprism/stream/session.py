@@ -126,6 +126,7 @@ class WsSession:
         self._label = f"{venue.name}/{shard}"
         # instrument -> symbol; shared with each connection's parser, which sees symbols added at runtime
         self._symbols: dict[str, str] = {s.instrument: s.symbol for s in self.subscriptions}
+        self._keep = venue.record_types(self.subscriptions)  # None: every parsed record is wanted
         self._conn: _Connection | None = None  # the socket currently subscribed (None while reconnecting)
         self._retiring: set[asyncio.Task[None]] = set()
         self._request_id = 1
@@ -232,7 +233,8 @@ class WsSession:
         self._await_depth(conn, subscriptions)
         self._conn = conn
         try:
-            await self._send(conn, self.venue.subscribe_messages(subscriptions, self._next_request_id()))
+            streams = self.venue.wire_streams(subscriptions)
+            await self._send(conn, self.venue.subscribe_messages(streams, self._next_request_id()))
         except BaseException:
             self._conn = None
             await self._close(conn)
@@ -258,14 +260,17 @@ class WsSession:
         if not new:
             return
         fresh = sorted({(s.instrument, s.symbol) for s in new if s.instrument not in self._symbols})
+        streams = self.venue.wire_streams(new, exclude=self.subscriptions)  # shared streams are subscribed once
         self.subscriptions.extend(new)
         self._symbols.update({s.instrument: s.symbol for s in new})
+        self._keep = self.venue.record_types(self.subscriptions)
         conn = self._conn
         if conn is not None:
             self._await_depth(conn, new)
             self._emit_status_for(conn, "connected", "subscribed", fresh)
             with contextlib.suppress(websockets.ConnectionClosed):  # the next connection subscribes them anyway
-                await self._send(conn, self.venue.subscribe_messages(new, self._next_request_id()))
+                if streams:
+                    await self._send(conn, self.venue.subscribe_messages(streams, self._next_request_id()))
 
     async def remove(self, subscriptions: Sequence[Subscription]) -> None:
         """Unsubscribe streams; a symbol with no stream left gets a ``disconnected`` status (unsubscribed)."""
@@ -273,6 +278,8 @@ class WsSession:
         if not gone:
             return
         self.subscriptions = [s for s in self.subscriptions if s not in gone]
+        self._keep = self.venue.record_types(self.subscriptions)
+        streams = self.venue.wire_streams(gone, exclude=self.subscriptions)  # a stream still in use stays
         left = {s.instrument for s in self.subscriptions}
         dropped = sorted({(s.instrument, s.symbol) for s in gone if s.instrument not in left})
         for instrument, _ in dropped:
@@ -281,7 +288,8 @@ class WsSession:
         if conn is not None:
             conn.awaiting_depth.difference_update(s.instrument for s in gone if s.data_type is DataType.DEPTH)
             with contextlib.suppress(websockets.ConnectionClosed):
-                await self._send(conn, self.venue.unsubscribe_messages(gone, self._next_request_id()))
+                if streams:
+                    await self._send(conn, self.venue.unsubscribe_messages(streams, self._next_request_id()))
             self._emit_status_for(conn, "disconnected", "unsubscribed", dropped)
 
     async def _close(self, conn: _Connection) -> None:
@@ -324,6 +332,8 @@ class WsSession:
                             exc_info=not isinstance(exc, ParseError))  # fmt: skip
                 self._last_parse_log = now
             return
+        if self._keep is not None:
+            records = [r for r in records if r.data_type in self._keep]
         for record in records:
             self.sink(record)
             self.stats.records_by_type[record.data_type] += 1

@@ -110,6 +110,15 @@ class Venue:
     rest_limits: RestLimits = RestLimits(weight_per_minute=600)
     snapshot_request: Callable[[str], SnapshotRequest] | None = None  # instrument -> request (REST-synced books)
     notes: dict[str, str] = field(default_factory=dict)
+    # Further channels a data type is also collected from (OKX funding_rate: funding-rate and mark-price).
+    extra_channels: dict[DataType, tuple[str, ...]] = field(default_factory=dict)
+    # The wire stream a subscription travels on. Several subscriptions can share one (Bybit ``tickers`` carries
+    # ticker, funding_rate and open_interest; OKX ``liquidation-orders`` is one stream per instType for every
+    # instrument): a connection subscribes a wire stream once and unsubscribes it when nothing uses it any more.
+    stream_key: Callable[[Subscription], str] = field(default=lambda s: f"{s.channel}.{s.instrument}")
+
+    def channels_of(self, data_type: DataType) -> tuple[str, ...]:
+        return (self.channels[data_type], *self.extra_channels.get(data_type, ()))
 
     def subscriptions(self, symbols: Sequence[str], data_types: Sequence[DataType]) -> list[Subscription]:
         unknown = [dt for dt in data_types if dt not in self.channels]
@@ -119,8 +128,29 @@ class Venue:
         for name in symbols:
             instrument = self.to_instrument(name)
             symbol = split_dashed(name) if "-" in name else symbol_of(instrument)
-            subs.extend(Subscription(dt, self.channels[dt], instrument, symbol) for dt in data_types)
+            subs.extend(Subscription(dt, ch, instrument, symbol) for dt in data_types for ch in self.channels_of(dt))
         return subs
+
+    def wire_streams(self, subs: Sequence[Subscription], exclude: Sequence[Subscription] = ()) -> list[Subscription]:
+        """``subs`` with one subscription per wire stream, leaving out the streams ``exclude`` already carries."""
+        seen = {self.stream_key(s) for s in exclude}
+        out: list[Subscription] = []
+        for sub in subs:
+            key = self.stream_key(sub)
+            if key not in seen:
+                seen.add(key)
+                out.append(sub)
+        return out
+
+    def record_types(self, subs: Sequence[Subscription]) -> frozenset[DataType] | None:
+        """The data types to keep from connections carrying ``subs``; None when every record parsed is wanted.
+
+        A shared wire stream yields the records of every data type it carries (Bybit ``tickers``): those of types
+        nobody asked for are dropped."""
+        wanted = {s.data_type for s in subs}
+        used = {s.channel for s in subs}
+        produced = {dt for dt in self.channels for ch in self.channels_of(dt) if ch in used}
+        return None if produced <= wanted else frozenset(wanted)
 
     def url(self, ws_base: str | None = None) -> str:
         return (ws_base or self.ws_url).rstrip("/") + self.ws_path

@@ -7,6 +7,8 @@ Heartbeat: the server sends WebSocket pings (every 20 s spot, 3 min futures); we
 Limits: 1024 streams per connection (spot) / 200 (USDⓈ-M); 5 (spot) / 10 (futures) incoming messages
 per second; connections are cut after 24 h, so sessions rotate at 23 h 30 min.
 Depth: ``depth@100ms`` diff stream; U = first update id, u = last, pu = previous u (USDⓈ-M only).
+USDⓈ-M derivatives: ``markPrice@1s`` (markPriceUpdate -> funding_rate with mark, index and estimated settle
+price) and ``forceOrder`` (-> liquidation, every order field kept).
 Times are milliseconds; records carry microseconds.
 """
 
@@ -23,7 +25,11 @@ from marketprism.records import (
     DataType,
     Depth,
     Exchange,
+    FundingRate,
+    Liquidation,
+    LongShortRatio,
     Market,
+    OpenInterest,
     Record,
     Side,
     Ticker,
@@ -31,6 +37,7 @@ from marketprism.records import (
     split_concatenated,
 )
 from marketprism.venues.base import Heartbeat, Limits, ParseError, RestLimits, SnapshotRequest, Subscription, Venue
+from marketprism.venues.pull import Cadence, PullContext, RestPull, decimal_text, ms_of
 
 # --- wire shapes (msgspec ignores fields not declared here: venues add fields without notice) ---------
 
@@ -85,6 +92,37 @@ class _BookTicker(msgspec.Struct, gc=False):
     E: int | None = None
 
 
+class _MarkPrice(msgspec.Struct, gc=False):
+    """USDⓈ-M ``markPriceUpdate``; delivery contracts send ``r`` "" and ``T`` 0 (no funding)."""
+
+    E: int
+    s: str
+    p: str
+    i: str = ""
+    P: str = ""
+    r: str = ""
+    T: int = 0
+
+
+class _ForceOrderOrder(msgspec.Struct, gc=False):
+    s: str
+    S: str
+    q: str
+    p: str
+    T: int
+    o: str | None = None
+    f: str | None = None
+    ap: str | None = None
+    X: str | None = None
+    l: str | None = None  # noqa: E741 - Binance's field name
+    z: str | None = None
+
+
+class _ForceOrder(msgspec.Struct, gc=False):
+    o: _ForceOrderOrder
+    E: int | None = None
+
+
 class _TradeFrame(msgspec.Struct, gc=False):
     data: _Trade
 
@@ -99,6 +137,14 @@ class _DepthFrame(msgspec.Struct, gc=False):
 
 class _BookTickerFrame(msgspec.Struct, gc=False):
     data: _BookTicker
+
+
+class _MarkPriceFrame(msgspec.Struct, gc=False):
+    data: _MarkPrice
+
+
+class _ForceOrderFrame(msgspec.Struct, gc=False):
+    data: _ForceOrder
 
 
 _envelope = msgspec.json.Decoder(_Envelope)
@@ -120,6 +166,8 @@ _FRAME_DECODERS: dict[str, tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder
     "aggTrade": (msgspec.json.Decoder(_AggTradeFrame), msgspec.json.Decoder(_AggTrade)),
     "bookTicker": (msgspec.json.Decoder(_BookTickerFrame), msgspec.json.Decoder(_BookTicker)),
     "depth": (msgspec.json.Decoder(_DepthFrame), msgspec.json.Decoder(_DepthUpdate)),
+    "markPrice": (msgspec.json.Decoder(_MarkPriceFrame), msgspec.json.Decoder(_MarkPrice)),
+    "forceOrder": (msgspec.json.Decoder(_ForceOrderFrame), msgspec.json.Decoder(_ForceOrder)),
 }
 
 
@@ -151,7 +199,7 @@ class BinanceParser:
         if stream in self._streams:
             return self._streams[stream]
         instrument, _, channel = stream.partition("@")
-        kind = "depth" if channel.startswith("depth") else channel
+        kind = "depth" if channel.startswith("depth") else channel.partition("@")[0]  # markPrice@1s -> markPrice
         decoders = _FRAME_DECODERS.get(kind)
         parser: _StreamParser | None = None
         if decoders is not None:
@@ -256,6 +304,38 @@ class BinanceParser:
 
         return build
 
+    def _build_markPrice(self, instrument: str, symbol: str) -> Callable[[_MarkPrice, int], list[Record]]:
+        market = self.market
+
+        def build(d: _MarkPrice, recv_ts: int) -> list[Record]:
+            if d.s != instrument:
+                raise ValueError(f"symbol {d.s!r} in a {instrument} stream")
+            return [
+                FundingRate(exchange="binance", market=market, symbol=symbol, instrument=d.s, ts=d.E * 1000,
+                            recv_ts=recv_ts, funding_rate=d.r or None, funding_time=d.T * 1000 if d.T else None,
+                            mark_price=d.p, index_price=d.i or None, estimated_settle_price=d.P or None)
+            ]  # fmt: skip
+
+        return build
+
+    def _build_forceOrder(self, instrument: str, symbol: str) -> Callable[[_ForceOrder, int], list[Record]]:
+        market = self.market
+
+        def build(d: _ForceOrder, recv_ts: int) -> list[Record]:
+            o = d.o
+            if o.s != instrument:
+                raise ValueError(f"symbol {o.s!r} in a {instrument} stream")
+            if o.S not in ("BUY", "SELL"):
+                raise ValueError(f"forceOrder side {o.S!r} is neither BUY nor SELL")
+            return [
+                Liquidation(exchange="binance", market=market, symbol=symbol, instrument=o.s, ts=o.T * 1000,
+                            recv_ts=recv_ts, side=_BUY if o.S == "BUY" else _SELL, price=o.p, size=o.q, status=o.X,
+                            avg_price=o.ap, filled_size=o.z, last_filled_size=o.l, order_type=o.o,
+                            time_in_force=o.f)
+            ]  # fmt: skip
+
+        return build
+
 
 def _stream_names(subs: Sequence[Subscription]) -> list[str]:
     return [f"{s.instrument.lower()}@{s.channel}" for s in subs]
@@ -271,7 +351,7 @@ def _requests(method: str, subs: Sequence[Subscription], first_id: int, per_requ
 
 def _make(
     name: str, market: Market, ws_url: str, rest_url: str, limits: Limits, trade: str, rest: RestLimits,
-    depth_path: str, depth_weight: int,
+    depth_path: str, depth_weight: int, derivatives: dict[DataType, str] | None = None,
 ) -> Venue:  # fmt: skip
     return Venue(
         name=name,
@@ -280,7 +360,12 @@ def _make(
         ws_url=ws_url,
         ws_path="/stream",
         rest_url=rest_url,
-        channels={DataType.TRADE: trade, DataType.DEPTH: "depth@100ms", DataType.TICKER: "bookTicker"},
+        channels={
+            DataType.TRADE: trade,
+            DataType.DEPTH: "depth@100ms",
+            DataType.TICKER: "bookTicker",
+            **(derivatives or {}),
+        },
         heartbeat=Heartbeat("server_ping"),
         limits=limits,
         to_instrument=to_instrument,
@@ -321,8 +406,101 @@ BINANCE_USDM = _make(
     rest=RestLimits(weight_per_minute=1800),
     depth_path="/fapi/v1/depth",
     depth_weight=20,
+    # markPriceUpdate every second: funding rate, next funding time, mark, index and estimated settle price.
+    # forceOrder: the latest liquidation of the symbol in each 1000 ms window (a snapshot stream).
+    derivatives={DataType.FUNDING_RATE: "markPrice@1s", DataType.LIQUIDATION: "forceOrder"},
 )  # fmt: skip
 
 # REST paths, used by the simulator now and by the order-book processor later.
 REST_DEPTH_PATH = {Market.SPOT: "/api/v3/depth", Market.PERPETUAL: "/fapi/v1/depth"}
 REST_EXCHANGE_INFO_PATH = {Market.SPOT: "/api/v3/exchangeInfo", Market.PERPETUAL: "/fapi/v1/exchangeInfo"}
+
+
+# --- scheduled REST pulls (USDⓈ-M): long/short ratios and open interest ------------------------------------------
+# /futures/data/*: buckets of ``period`` (5m .. 1d), ascending, ``limit`` up to 500, the last 30 days. Each bucket is
+# {"symbol", "longShortRatio", "longAccount", "shortAccount", "timestamp"} with decimal strings; the USDⓈ-M docs
+# show ``timestamp`` as a string and the COIN-M docs as a number (SOURCES.md §2.3), so both are accepted. The
+# position ratio names its shares ``longAccount``/``shortAccount`` on USDⓈ-M and ``longPosition``/``shortPosition``
+# on COIN-M: either is read. Binance sends the ratio itself; it is kept as sent (shares sum to 1 up to rounding).
+# /fapi/v1/openInterest: {"openInterest", "symbol", "time"} (the current value, base asset units).
+
+RATIO_PATHS = {
+    "top_position": "/futures/data/topLongShortPositionRatio",
+    "top_account": "/futures/data/topLongShortAccountRatio",
+    "global_account": "/futures/data/globalLongShortAccountRatio",
+}
+OPEN_INTEREST_PATH = "/fapi/v1/openInterest"
+RATIO_PERIODS = {p: p for p in ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")}
+
+
+def _json(body: bytes, what: str) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ParseError("binance_usdm", f"{what}: not JSON ({exc})", body) from None
+
+
+def _share(row: dict[str, Any], *names: str) -> str | None:
+    for name in names:
+        if row.get(name) is not None:
+            return decimal_text(row[name], name)
+    return None
+
+
+def _ratio_parser(kind: str) -> Any:
+    def parse(body: bytes, ctx: PullContext) -> list[Record]:
+        rows = _json(body, kind)
+        if not isinstance(rows, list):
+            raise ParseError("binance_usdm", f"{kind}: expected a list of buckets", body)
+        out: list[Record] = []
+        try:
+            for row in rows:
+                out.append(
+                    LongShortRatio(
+                        exchange="binance", market="perpetual", symbol=ctx.symbol,
+                        instrument=str(row.get("symbol") or ctx.instrument), ts=ms_of(row["timestamp"]) * 1000,
+                        recv_ts=ctx.recv_ts, kind=kind, period=ctx.period,
+                        long_short_ratio=decimal_text(row["longShortRatio"], "longShortRatio"),
+                        long_ratio=_share(row, "longAccount", "longPosition"),
+                        short_ratio=_share(row, "shortAccount", "shortPosition"),
+                    )
+                )  # fmt: skip
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ParseError("binance_usdm", f"{kind}: bad bucket ({type(exc).__name__}: {exc})", body) from None
+        return out
+
+    return parse
+
+
+def _parse_open_interest(body: bytes, ctx: PullContext) -> list[Record]:
+    row = _json(body, "openInterest")
+    try:
+        return [
+            OpenInterest(exchange="binance", market="perpetual", symbol=ctx.symbol,
+                         instrument=str(row.get("symbol") or ctx.instrument), ts=ms_of(row["time"], "time") * 1000,
+                         recv_ts=ctx.recv_ts, open_interest=decimal_text(row["openInterest"], "openInterest"))
+        ]  # fmt: skip
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ParseError("binance_usdm", f"openInterest: {type(exc).__name__}: {exc}", body) from None
+
+
+def _usdm_pull(kind: str, **kw: Any) -> RestPull:
+    return RestPull(
+        name=f"binance_usdm.{kind}", venue="binance_usdm", exchange=Exchange.BINANCE, market=Market.PERPETUAL,
+        kind=kind, rest_url=BINANCE_USDM.rest_url, to_instrument=to_instrument, rest_limits=BINANCE_USDM.rest_limits,
+        default_symbols=("BTC-USDT", "ETH-USDT"), **kw,
+    )  # fmt: skip
+
+
+REST_PULLS: tuple[RestPull, ...] = (
+    *(
+        _usdm_pull(kind, data_type=DataType.LONG_SHORT_RATIO, path=path,
+                   params={"symbol": "{instrument}", "period": "{period}", "limit": "{limit}"},
+                   weight=1, parse=_ratio_parser(kind), periods=RATIO_PERIODS, lookback=30,
+                   cadence=Cadence(cron="*/5 * * * *"))
+        for kind, path in RATIO_PATHS.items()
+    ),
+    _usdm_pull("open_interest", data_type=DataType.OPEN_INTEREST, path=OPEN_INTEREST_PATH,
+               params={"symbol": "{instrument}"}, weight=1, parse=_parse_open_interest,
+               cadence=Cadence(interval_s=60)),
+)  # fmt: skip

@@ -11,6 +11,9 @@ Data frames: ``{"arg":{"channel","instId"},"action"?,"data":[..]}``. ``books`` l
 carry ``seqId``/``prevSeqId`` (snapshot ``prevSeqId`` = -1) and a CRC32 ``checksum`` over the top 25
 levels, which may be 0 (= not provided). Times are millisecond strings.
 Instruments: ``BTC-USDT`` (spot), ``BTC-USDT-SWAP`` (perpetual), ``BTC-USD-220527`` (future).
+Swap derivatives: ``funding-rate`` and ``mark-price`` (-> funding_rate), ``open-interest``, and
+``liquidation-orders``, subscribed by ``instType`` (one stream for every swap, filtered to the subscribed
+instruments by the parser).
 """
 
 from __future__ import annotations
@@ -26,18 +29,24 @@ from marketprism.records import (
     DataType,
     Depth,
     Exchange,
+    FundingRate,
+    Liquidation,
+    LongShortRatio,
     Market,
+    OpenInterest,
     Record,
     Ticker,
     Trade,
     split_dashed,
 )
 from marketprism.venues.base import Heartbeat, Limits, ParseError, RestLimits, SnapshotRequest, Subscription, Venue
+from marketprism.venues.pull import Cadence, PullContext, RestPull, decimal_text, ms_of
 
 
 class _Arg(msgspec.Struct):
     channel: str = ""
     instId: str = ""
+    instType: str = ""  # liquidation-orders is subscribed by instrument type
 
 
 class _Frame(msgspec.Struct):
@@ -84,6 +93,57 @@ class _Ticker(msgspec.Struct, gc=False):
     last: str | None = None
 
 
+class _FundingRate(msgspec.Struct, gc=False):
+    instId: str
+    fundingRate: str
+    fundingTime: str
+    ts: str
+    nextFundingRate: str = ""
+    nextFundingTime: str = ""
+    minFundingRate: str = ""
+    maxFundingRate: str = ""
+    premium: str = ""
+    interestRate: str = ""
+    impactValue: str = ""
+    settFundingRate: str = ""
+    settState: str = ""
+    method: str = ""
+    formulaType: str = ""
+
+
+class _MarkPrice(msgspec.Struct, gc=False):
+    instId: str
+    markPx: str
+    ts: str
+
+
+class _OpenInterest(msgspec.Struct, gc=False):
+    instId: str
+    oi: str
+    ts: str
+    oiCcy: str = ""
+    oiUsd: str = ""
+
+
+class _LiqDetail(msgspec.Struct, gc=False):
+    side: str
+    sz: str
+    bkPx: str
+    ts: str
+    posSide: str = ""
+    bkLoss: str = ""
+    ccy: str = ""
+
+
+class _LiqItem(msgspec.Struct, gc=False):
+    instId: str
+    details: list[_LiqDetail]
+
+
+_liquidations = msgspec.json.Decoder(list[_LiqItem])
+LIQUIDATION_CHANNEL = "liquidation-orders"
+
+
 def _frame_type(item: type) -> type:
     """A whole data frame whose ``data`` is a list of ``item`` (``arg`` is read from the text)."""
     fields: list[Any] = [("data", list[item]), ("action", str | None, None)]  # type: ignore[valid-type]
@@ -93,11 +153,13 @@ def _frame_type(item: type) -> type:
 # Channel kind -> (whole-frame decoder, data-only decoder).
 _DECODERS: dict[str, tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any]]] = {
     kind: (msgspec.json.Decoder(_frame_type(item)), msgspec.json.Decoder(list[item]))  # type: ignore[valid-type]
-    for kind, item in (("trades", _Trade), ("books", _Book), ("bbo", _Bbo), ("tickers", _Ticker))
-}
+    for kind, item in (("trades", _Trade), ("books", _Book), ("bbo", _Bbo), ("tickers", _Ticker),
+                       ("funding", _FundingRate), ("mark", _MarkPrice), ("oi", _OpenInterest))
+}  # fmt: skip
 _KIND = {
     "trades": "trades", "trades-all": "trades", "books": "books", "books-l2-tbt": "books",
     "books50-l2-tbt": "books", "books5": "books", "bbo-tbt": "bbo", "tickers": "tickers",
+    "funding-rate": "funding", "mark-price": "mark", "open-interest": "oi",
 }  # fmt: skip
 _frame = msgspec.json.Decoder(_Frame)
 _ARG_PREFIX = '{"arg":{"channel":"'
@@ -132,6 +194,7 @@ class OkxParser:
         self.venue_name = venue_name
         # instId -> symbol from the subscriptions, held by reference (a session may add to it at runtime)
         self._known: Mapping[str, str] = symbols if symbols is not None else {}
+        self._filter = symbols is not None  # liquidation-orders: keep only the subscribed instruments
         self._streams: dict[str, _StreamParser | None] = {}
 
     def _stream_parser(self, channel: str, inst: str) -> _StreamParser | None:
@@ -186,11 +249,42 @@ class OkxParser:
             return []  # subscribe / unsubscribe acks, channel-conn-count notices
         if f.arg is None or not f.data:
             raise ParseError(self.venue_name, "frame has neither event nor arg/data", frame)
+        if f.arg.channel == LIQUIDATION_CHANNEL:
+            return self._liquidations(f.data, frame, recv_ts)
         try:
             parser = self._stream_parser(f.arg.channel, f.arg.instId)
             return [] if parser is None else parser[2](parser[1].decode(f.data), f.action, recv_ts)
         except (msgspec.DecodeError, msgspec.ValidationError, IndexError) as exc:
             raise ParseError(self.venue_name, f"bad {f.arg.channel} payload ({exc})", frame) from None
+        except ValueError as exc:
+            raise ParseError(self.venue_name, str(exc), frame) from None
+
+    def _liquidations(self, data: msgspec.Raw, frame: str | bytes, recv_ts: int) -> list[Record]:
+        """``liquidation-orders`` carries every instrument of an instType. With a symbol map (a session's
+        subscriptions) only its instruments are kept: each shard then publishes its own symbols' liquidations,
+        once, and nothing lands under symbols nobody configured. Without one (captures) all are kept."""
+        try:
+            items = _liquidations.decode(data)
+            out: list[Record] = []
+            for item in items:
+                symbol = self._known.get(item.instId)
+                if symbol is None:
+                    if self._filter:
+                        continue
+                    symbol = split_dashed(item.instId)
+                market = instrument_market(item.instId).value
+                for d in item.details:
+                    if d.side not in ("buy", "sell"):
+                        raise ValueError(f"liquidation side {d.side!r} is neither buy nor sell")
+                    out.append(
+                        Liquidation(exchange="okx", market=market, symbol=symbol, instrument=item.instId,
+                                    ts=int(d.ts) * 1000, recv_ts=recv_ts, side=d.side, price=d.bkPx, size=d.sz,
+                                    position_side=d.posSide or None, bankruptcy_loss=d.bkLoss or None,
+                                    currency=d.ccy or None)
+                    )  # fmt: skip
+            return out
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ParseError(self.venue_name, f"bad {LIQUIDATION_CHANNEL} payload ({exc})", frame) from None
         except ValueError as exc:
             raise ParseError(self.venue_name, str(exc), frame) from None
 
@@ -249,9 +343,71 @@ class OkxParser:
 
         return build
 
+    def _build_funding(
+        self, inst: str, market: str, symbol: str
+    ) -> Callable[[list[_FundingRate], str | None, int], list[Record]]:
+        def build(items: list[_FundingRate], action: str | None, recv_ts: int) -> list[Record]:
+            return [
+                FundingRate(exchange="okx", market=market, symbol=symbol, instrument=f.instId, ts=int(f.ts) * 1000,
+                            recv_ts=recv_ts, funding_rate=f.fundingRate or None,
+                            funding_time=_us(f.fundingTime), predicted_rate=f.nextFundingRate or None,
+                            next_funding_time=_us(f.nextFundingTime), min_funding_rate=f.minFundingRate or None,
+                            max_funding_rate=f.maxFundingRate or None, premium=f.premium or None,
+                            interest_rate=f.interestRate or None, impact_value=f.impactValue or None,
+                            settled_rate=f.settFundingRate or None, settle_state=f.settState or None,
+                            method=f.method or None, formula_type=f.formulaType or None)
+                for f in items
+            ]  # fmt: skip
+
+        return build
+
+    def _build_mark(
+        self, inst: str, market: str, symbol: str
+    ) -> Callable[[list[_MarkPrice], str | None, int], list[Record]]:
+        def build(items: list[_MarkPrice], action: str | None, recv_ts: int) -> list[Record]:
+            return [
+                FundingRate(exchange="okx", market=market, symbol=symbol, instrument=m.instId, ts=int(m.ts) * 1000,
+                            recv_ts=recv_ts, mark_price=m.markPx)
+                for m in items
+            ]  # fmt: skip
+
+        return build
+
+    def _build_oi(
+        self, inst: str, market: str, symbol: str
+    ) -> Callable[[list[_OpenInterest], str | None, int], list[Record]]:
+        def build(items: list[_OpenInterest], action: str | None, recv_ts: int) -> list[Record]:
+            return [
+                OpenInterest(exchange="okx", market=market, symbol=symbol, instrument=o.instId, ts=int(o.ts) * 1000,
+                             recv_ts=recv_ts, open_interest=o.oi, open_interest_value=o.oiUsd or None,
+                             open_interest_ccy=o.oiCcy or None)
+                for o in items
+            ]  # fmt: skip
+
+        return build
+
+
+def _us(ms: str) -> int | None:
+    """A millisecond string ("" = none) as µs."""
+    return int(ms) * 1000 if ms else None
+
+
+def _arg(s: Subscription) -> dict[str, str]:
+    if s.channel == LIQUIDATION_CHANNEL:  # one stream per instrument type, for all its instruments
+        return {"channel": s.channel, "instType": _INST_TYPE[instrument_market(s.instrument)]}
+    return {"channel": s.channel, "instId": s.instrument}
+
+
+def _stream_key(s: Subscription) -> str:
+    arg = _arg(s)
+    return f"{arg['channel']}.{arg.get('instId') or arg['instType']}"
+
+
+_INST_TYPE = {Market.SPOT: "SPOT", Market.PERPETUAL: "SWAP", Market.FUTURE: "FUTURES", Market.OPTION: "OPTION"}
+
 
 def _requests(op: str, subs: Sequence[Subscription], first_id: int, per_request: int) -> list[str]:
-    args = [{"channel": s.channel, "instId": s.instrument} for s in subs]
+    args = [_arg(s) for s in subs]
     return [
         orjson.dumps({"op": op, "args": args[i : i + per_request]}).decode() for i in range(0, len(args), per_request)
     ]
@@ -261,7 +417,10 @@ REST_INSTRUMENTS_PATH = "/api/v5/public/instruments"
 REST_BOOKS_PATH = "/api/v5/market/books"
 
 
-def _make(name: str, market: Market, suffix: str) -> Venue:
+def _make(
+    name: str, market: Market, suffix: str, derivatives: dict[DataType, str] | None = None,
+    extra_channels: dict[DataType, tuple[str, ...]] | None = None,
+) -> Venue:  # fmt: skip
     limits = Limits(streams_per_connection=240, args_per_subscribe=60, subscribe_messages_per_s=2.0)
 
     def to_instrument(symbol: str) -> str:
@@ -275,7 +434,9 @@ def _make(name: str, market: Market, suffix: str) -> Venue:
         ws_url="wss://ws.okx.com:8443",
         ws_path="/ws/v5/public",
         rest_url="https://www.okx.com",
-        channels={DataType.TRADE: "trades", DataType.DEPTH: "books", DataType.TICKER: "bbo-tbt"},
+        channels={DataType.TRADE: "trades", DataType.DEPTH: "books", DataType.TICKER: "bbo-tbt", **(derivatives or {})},
+        extra_channels=extra_channels or {},
+        stream_key=_stream_key,
         heartbeat=Heartbeat("client_text", every_s=20.0, message="ping"),
         limits=limits,
         to_instrument=to_instrument,
@@ -289,4 +450,107 @@ def _make(name: str, market: Market, suffix: str) -> Venue:
 
 
 OKX_SPOT = _make("okx_spot", Market.SPOT, "")
-OKX_SWAP = _make("okx_swap", Market.PERPETUAL, "-SWAP")
+# funding-rate: fundingRate and the predicted next one, pushed every 30-90 s; mark-price: markPx when it changes
+# (at most every 200 ms), kept as funding_rate records with only the mark (as Binance's markPriceUpdate carries
+# it); open-interest every 3 s; liquidation-orders: one stream for all swaps, filtered to the configured symbols.
+OKX_SWAP = _make(
+    "okx_swap", Market.PERPETUAL, "-SWAP",
+    derivatives={DataType.FUNDING_RATE: "funding-rate", DataType.OPEN_INTEREST: "open-interest",
+                 DataType.LIQUIDATION: LIQUIDATION_CHANNEL},
+    extra_channels={DataType.FUNDING_RATE: ("mark-price",)},
+)  # fmt: skip
+
+
+# --- scheduled REST pulls (rubik trading statistics and open interest) ------------------------------------------
+# Rubik answers {"code":"0","msg":"","data":[["<ts ms>","<ratio>"], ...]} newest first; only the ratio is sent (no
+# long/short shares). ``long-short-account-ratio`` is per currency (all of its contracts: ccy, period 5m/1H/1D,
+# begin/end); the top-trader ratios are per contract (instId, period 5m..1D, limit <= 100; ccxt 4.5 and the OKX
+# docs list ``long-short-account-ratio-contract-top-trader`` and ``long-short-position-ratio-contract-top-trader``).
+# The currency ratio is stored under the configured symbol with ``instrument`` = the currency (e.g. "BTC").
+# /api/v5/public/open-interest: data [{"instType","instId","oi" (contracts),"oiCcy" (coin),"oiUsd","ts"}].
+
+RUBIK_ACCOUNT_RATIO_PATH = "/api/v5/rubik/stat/contracts/long-short-account-ratio"
+RUBIK_TOP_ACCOUNT_PATH = "/api/v5/rubik/stat/contracts/long-short-account-ratio-contract-top-trader"
+RUBIK_TOP_POSITION_PATH = "/api/v5/rubik/stat/contracts/long-short-position-ratio-contract-top-trader"
+OPEN_INTEREST_PATH = "/api/v5/public/open-interest"
+CCY_PERIODS = {"5m": "5m", "1h": "1H", "1d": "1D"}
+CONTRACT_PERIODS = {"5m": "5m", "15m": "15m", "30m": "30m", "1h": "1H", "2h": "2H", "4h": "4H", "6h": "6H",
+                    "12h": "12H", "1d": "1D"}  # fmt: skip
+
+
+def _rest_data(body: bytes, what: str) -> list[Any]:
+    try:
+        reply = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ParseError("okx", f"{what}: not JSON ({exc})", body) from None
+    if not isinstance(reply, dict) or not isinstance(reply.get("data"), list):
+        raise ParseError("okx", f"{what}: no data list", body)
+    if str(reply.get("code", "0")) != "0":
+        reason = f"{what}: code {reply.get('code')}: {reply.get('msg')}"
+        raise ParseError("okx", reason, body, code=Code.PARSE_VENUE_ERROR)
+    return reply["data"]
+
+
+def _rubik_parser(kind: str) -> Any:
+    def parse(body: bytes, ctx: PullContext) -> list[Record]:
+        out: list[Record] = []
+        try:
+            for row in _rest_data(body, kind):
+                out.append(
+                    LongShortRatio(exchange="okx", market="perpetual", symbol=ctx.symbol, instrument=ctx.instrument,
+                                   ts=ms_of(row[0]) * 1000, recv_ts=ctx.recv_ts, kind=kind, period=ctx.period,
+                                   long_short_ratio=decimal_text(row[1], "ratio"))
+                )  # fmt: skip
+        except (IndexError, KeyError, TypeError, ValueError) as exc:
+            raise ParseError("okx", f"{kind}: bad bucket ({type(exc).__name__}: {exc})", body) from None
+        return out
+
+    return parse
+
+
+def _parse_open_interest(body: bytes, ctx: PullContext) -> list[Record]:
+    out: list[Record] = []
+    try:
+        for row in _rest_data(body, "open-interest"):
+            inst = str(row["instId"])
+            out.append(
+                OpenInterest(exchange="okx", market=instrument_market(inst).value, symbol=ctx.symbol, instrument=inst,
+                             ts=ms_of(row["ts"]) * 1000, recv_ts=ctx.recv_ts,
+                             open_interest=decimal_text(row["oi"], "oi"),
+                             open_interest_value=decimal_text(row["oiUsd"], "oiUsd") if row.get("oiUsd") else None,
+                             open_interest_ccy=decimal_text(row["oiCcy"], "oiCcy") if row.get("oiCcy") else None)
+            )  # fmt: skip
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ParseError("okx", f"open-interest: {type(exc).__name__}: {exc}", body) from None
+    return out
+
+
+def _currency(symbol: str) -> str:
+    return symbol.upper().split("-")[0]
+
+
+def _swap_pull(kind: str, to_instrument: Any, **kw: Any) -> RestPull:
+    return RestPull(
+        name=f"okx_swap.{kind}", venue="okx_swap", exchange=Exchange.OKX, market=Market.PERPETUAL, kind=kind,
+        rest_url=OKX_SWAP.rest_url, to_instrument=to_instrument,
+        # rubik: 5 requests per 2 s per IP; public/open-interest: 20 per 2 s. One budget for both, below the smaller.
+        rest_limits=RestLimits(weight_per_minute=120), default_symbols=("BTC-USDT", "ETH-USDT"), **kw,
+    )  # fmt: skip
+
+
+_RATIO = DataType.LONG_SHORT_RATIO
+_EVERY_5_MIN = Cadence(cron="*/5 * * * *")
+REST_PULLS: tuple[RestPull, ...] = (
+    _swap_pull("global_account", _currency, data_type=_RATIO, path=RUBIK_ACCOUNT_RATIO_PATH,
+               params={"ccy": "{instrument}", "period": "{period}", "begin": "{start_ms}", "end": "{end_ms}"},
+               weight=1, parse=_rubik_parser("global_account"), periods=CCY_PERIODS, lookback=30, cadence=_EVERY_5_MIN),
+    _swap_pull("top_account", OKX_SWAP.to_instrument, data_type=_RATIO, path=RUBIK_TOP_ACCOUNT_PATH,
+               params={"instId": "{instrument}", "period": "{period}", "limit": "{limit}"}, weight=1,
+               parse=_rubik_parser("top_account"), periods=CONTRACT_PERIODS, lookback=30, cadence=_EVERY_5_MIN),
+    _swap_pull("top_position", OKX_SWAP.to_instrument, data_type=_RATIO, path=RUBIK_TOP_POSITION_PATH,
+               params={"instId": "{instrument}", "period": "{period}", "limit": "{limit}"}, weight=1,
+               parse=_rubik_parser("top_position"), periods=CONTRACT_PERIODS, lookback=30, cadence=_EVERY_5_MIN),
+    _swap_pull("open_interest", OKX_SWAP.to_instrument, data_type=DataType.OPEN_INTEREST, path=OPEN_INTEREST_PATH,
+               params={"instType": "SWAP", "instId": "{instrument}"}, weight=1, parse=_parse_open_interest,
+               cadence=Cadence(interval_s=60)),
+)  # fmt: skip
