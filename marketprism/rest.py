@@ -6,6 +6,13 @@ window, so a storm of order-book resyncs is spread out instead of bursting. A 42
 request to that venue until the time the venue gave (``Retry-After``; a 418 without one waits the longest
 backoff), other errors and timeouts back off exponentially with a cap. Every request, answer status, wait and
 retry is counted.
+
+A circuit breaker per client stops hammering a venue that keeps failing: after ``threshold`` consecutive failed
+attempts (5xx, timeouts, connection errors, 429/418) it opens and every call is refused at once (``CircuitOpenError``,
+no request sent) for ``cooldown_s``; then it is half-open and lets exactly one trial request through: a success
+closes it, a failure opens it again for another cool-down. A 4xx answer other than 429/418 is the request's fault,
+not the venue's, and counts as the venue answering. Its state is ``RestClient.circuit.state``, counted in
+``RestStats`` and exported as ``marketprism_rest_open_circuits`` (1 while open or half-open).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from marketprism import metrics
 from marketprism.venues.base import RestLimits
 
 log = logging.getLogger(__name__)
@@ -35,6 +43,14 @@ class RestError(RuntimeError):
         self.status = status
 
 
+class CircuitOpenError(RestError):
+    """Refused without a request: the venue's circuit is open (it failed repeatedly and is cooling down)."""
+
+    def __init__(self, url: str, retry_in_s: float):
+        super().__init__(url, None, f"circuit open, next trial in {retry_in_s:.1f}s")
+        self.retry_in_s = retry_in_s
+
+
 @dataclass
 class RestStats:
     requests: int = 0
@@ -45,6 +61,89 @@ class RestStats:
     retries: int = 0
     failures: int = 0
     waited_s: float = 0.0  # time spent waiting for budget or a ban to end
+    circuit_opened: int = 0  # closed/half-open -> open
+    circuit_closed: int = 0  # half-open -> closed (recovered)
+    circuit_trials: int = 0  # trial requests let through while half-open
+    circuit_rejected: int = 0  # calls refused while open
+
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+class CircuitBreaker:
+    """Opens after ``threshold`` consecutive failures; half-open (one trial) after ``cooldown_s``; closes on success.
+
+    ``stats`` (a ``RestStats``) counts the transitions; ``on_change(state)`` is called on each one.
+    """
+
+    def __init__(self, threshold: int = 10, cooldown_s: float = 15.0, *, stats: RestStats | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[str], None] = lambda state: None):  # fmt: skip
+        if threshold < 1 or cooldown_s < 0:
+            raise ValueError("CircuitBreaker: threshold must be >= 1 and cooldown_s >= 0")
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self.stats = stats if stats is not None else RestStats()
+        self.clock = clock
+        self.on_change = on_change
+        self.consecutive_failures = 0
+        self._state = CLOSED
+        self._opened_at = 0.0
+        self._trial_in_flight = False
+
+    @property
+    def state(self) -> str:
+        """``closed``, ``open`` or ``half_open`` (an open circuit whose cool-down has passed reports half_open)."""
+        if self._state == OPEN and self.retry_in_s() <= 0:
+            return HALF_OPEN
+        return self._state
+
+    def retry_in_s(self) -> float:
+        return max(0.0, self._opened_at + self.cooldown_s - self.clock()) if self._state == OPEN else 0.0
+
+    def rejects(self) -> bool:
+        """Would a call be refused right now? (No state change: for failing fast before waiting for budget.)"""
+        state = self.state
+        return state == OPEN or (state == HALF_OPEN and self._trial_in_flight)
+
+    def acquire(self) -> bool:
+        """Right before a request: True to send it (a half-open circuit lets one trial through), False to refuse."""
+        if self._state == OPEN and self.retry_in_s() <= 0:
+            self._set(HALF_OPEN)
+        if self._state == CLOSED:
+            return True
+        if self._state == HALF_OPEN and not self._trial_in_flight:
+            self._trial_in_flight = True
+            self.stats.circuit_trials += 1
+            return True
+        self.stats.circuit_rejected += 1
+        return False
+
+    def success(self) -> None:
+        self.consecutive_failures = 0
+        self._trial_in_flight = False
+        if self._state != CLOSED:
+            self.stats.circuit_closed += 1
+            self._set(CLOSED)
+
+    def failure(self) -> None:
+        self.consecutive_failures += 1
+        was_trial, self._trial_in_flight = self._trial_in_flight, False
+        if was_trial or (self._state == CLOSED and self.consecutive_failures >= self.threshold):
+            self._opened_at = self.clock()
+            self.stats.circuit_opened += 1
+            self._set(OPEN)
+
+    def release(self) -> None:
+        """A trial that ended without an answer either way (cancelled): let the next caller try."""
+        self._trial_in_flight = False
+
+    def _set(self, state: str) -> None:
+        if state != self._state:
+            log.warning("circuit %s -> %s after %d consecutive failure(s)", self._state, state,
+                        self.consecutive_failures)  # fmt: skip
+            self._state = state
+            self.on_change(state)
 
 
 class WeightBudget:
@@ -81,11 +180,16 @@ class WeightBudget:
 
 
 class RestClient:
-    def __init__(self, base_url: str, limits: RestLimits, *, name: str = "", rng: random.Random | None = None):
+    def __init__(self, base_url: str, limits: RestLimits, *, name: str = "", rng: random.Random | None = None,
+                 exchange: str = "", market: str = "", breaker_threshold: int = 10,
+                 breaker_cooldown_s: float = 15.0):  # fmt: skip
         self.base_url = base_url.rstrip("/")
         self.limits = limits
         self.name = name or base_url
         self.stats = RestStats()
+        self._m = metrics.RestMetrics(*_labels(self.name, exchange, market))
+        self.circuit = CircuitBreaker(breaker_threshold, breaker_cooldown_s, stats=self.stats,
+                                      on_change=self._m.circuit)  # fmt: skip
         self._budget = WeightBudget(limits.weight_per_minute)
         self._gate = asyncio.Semaphore(limits.max_concurrent)
         self._paused_until = 0.0  # set by 429/418: no request to this venue before then
@@ -115,7 +219,12 @@ class RestClient:
             if delay <= 0:
                 return
             self.stats.waited_s += delay
+            self._m.waited(delay)
             await asyncio.sleep(delay)
+
+    def _refuse(self, url: str) -> CircuitOpenError:
+        self._m.rejected()
+        return CircuitOpenError(url, self.circuit.retry_in_s())
 
     def _backoff(self, attempt: int) -> float:
         cap = min(self.limits.backoff_max_s, self.limits.backoff_initial_s * 2**attempt)
@@ -136,8 +245,13 @@ class RestClient:
         url = self.base_url + path
         last = ""
         for attempt in range(self.limits.max_attempts):
+            if self.circuit.rejects():  # fail fast: no waiting for budget or a pause while the circuit is open
+                self.stats.circuit_rejected += 1
+                raise self._refuse(url)
             await self._wait_turn(weight)
             async with self._gate:
+                if not self.circuit.acquire():  # opened (or another caller took the trial) while this one waited
+                    raise self._refuse(url)
                 self.stats.requests += 1
                 self.stats.weight_used += weight
                 try:
@@ -148,21 +262,31 @@ class RestClient:
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     status, body, retry_after = 0, b"", None
                     last = f"{type(exc).__name__}: {exc}"
+                except BaseException:  # cancelled mid-request: neither a success nor a failure of the venue
+                    self.circuit.release()
+                    raise
             self.stats.by_status[status] += 1
+            self._m.answer(status)
             if 200 <= status < 300:
+                self.circuit.success()
                 return body
             if status in (429, 418):
+                self.circuit.failure()
                 self._pause(status, retry_after)
             elif status and status < 500:  # 4xx other than rate limits: retrying cannot help
+                self.circuit.success()  # the venue answered: the request was wrong, not the venue
                 self.stats.failures += 1
                 raise RestError(url, status, body[:200].decode("utf-8", "replace"))
             else:
+                self.circuit.failure()
                 last = last if status == 0 else f"HTTP {status}"
                 delay = self._backoff(attempt)
                 log.warning("%s: %s on %s, retrying in %.1fs", self.name, last, path, delay)
                 self.stats.waited_s += delay
+                self._m.waited(delay)
                 await asyncio.sleep(delay)
             self.stats.retries += 1
+            self._m.retried()
         self.stats.failures += 1
         raise RestError(url, None, f"gave up after {self.limits.max_attempts} attempts ({last or 'rate limited'})")
 
@@ -180,3 +304,15 @@ class RestClient:
             wait = self.limits.backoff_max_s if status == 418 else self.limits.backoff_initial_s * 4
         self._paused_until = max(self._paused_until, time.monotonic() + wait)
         log.warning("%s: HTTP %d, pausing every request for %.1fs", self.name, status, wait)
+
+
+def _labels(name: str, exchange: str, market: str) -> tuple[str, str]:
+    """Metric labels of a client: given, else from the venue registry by name (``binance_usdm`` ...)."""
+    if exchange:
+        return exchange, market
+    from marketprism.venues import VENUES  # late: the registry imports every venue module
+
+    venue = VENUES.get(name.split()[0]) if name else None
+    if venue is not None:
+        return venue.exchange.value, venue.market.value
+    return (name.split("_")[0] if name and "://" not in name else "unknown"), market

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from marketprism.rest import RestClient, RestError, WeightBudget
+from marketprism.rest import CircuitBreaker, CircuitOpenError, RestClient, RestError, WeightBudget
 from marketprism.sim import Faults, SimConfig, SimServer
 from marketprism.venues import VENUES
 from marketprism.venues.base import RestLimits
@@ -96,3 +96,57 @@ def test_the_weight_budget_never_exceeds_its_limit_in_any_minute() -> None:
     for t0, _ in sent:
         assert sum(w for t, w in sent if t0 <= t < t0 + 60.0) <= 100
     assert WeightBudget(10, clock=lambda: 0.0).delay_for(11) == 60.0  # heavier than the budget: wait a window
+
+
+def test_the_circuit_breaker_opens_rejects_half_opens_for_one_trial_and_closes() -> None:
+    now = [0.0]
+    b = CircuitBreaker(threshold=3, cooldown_s=10.0, clock=lambda: now[0])
+    for _ in range(2):
+        assert b.acquire()
+        b.failure()
+    assert b.state == "closed" and b.consecutive_failures == 2
+    b.success()  # a success in between: the count starts again
+    for _ in range(3):
+        assert b.acquire()
+        b.failure()
+    assert b.state == "open" and b.rejects() and not b.acquire() and b.stats.circuit_opened == 1
+    now[0] = 9.9
+    assert b.state == "open" and b.retry_in_s() == pytest.approx(0.1)
+    now[0] = 10.0
+    assert b.state == "half_open" and not b.rejects()
+    assert b.acquire() and not b.acquire()  # exactly one trial; the others are refused meanwhile
+    b.failure()  # the trial failed: open for another cool-down
+    assert b.state == "open" and b.stats.circuit_opened == 2
+    now[0] = 20.0
+    assert b.acquire()
+    b.success()
+    assert b.state == "closed" and b.stats.circuit_closed == 1 and b.stats.circuit_trials == 2
+    assert b.stats.circuit_rejected == 2
+
+
+async def test_the_circuit_opens_on_repeated_5xx_rejects_without_requests_then_recovers() -> None:
+    from marketprism import metrics
+
+    venue = VENUES["bybit_linear"]
+    req = venue.snapshot_request("BTCUSDT")  # type: ignore[misc]
+    gauge = ("marketprism_rest_open_circuits", {"exchange": "bybit", "market": "perpetual"})
+    async with sim("bybit_linear") as s, RestClient(s.rest_base("bybit_linear"), FAST, name="bybit_linear",
+                                                    breaker_threshold=3, breaker_cooldown_s=1.0) as client:  # fmt: skip
+        s.set_faults("bybit_linear", Faults(rest_status=503, rest_retry_after_s=0))
+        with pytest.raises(CircuitOpenError):  # 3 failed attempts open it: the 4th is not sent
+            await client.get_json(req.path, req.params, req.weight)
+        assert client.circuit.state == "open" and client.stats.requests == 3
+        assert metrics.REGISTRY.get_sample_value(*gauge) == 1.0
+        t0 = time.monotonic()
+        with pytest.raises(CircuitOpenError):  # fast: nothing sent while open
+            await client.get_json(req.path, req.params, req.weight)
+        assert time.monotonic() - t0 < 0.05 and s.truth()["venues"]["bybit_linear"]["rest_requests"] == 3
+        s.set_faults("bybit_linear", Faults())  # the venue recovers
+        await asyncio.sleep(1.05)
+        assert client.circuit.state == "half_open"
+        body = await client.get_json(req.path, req.params, req.weight)  # the trial succeeds: closed
+    assert body["retCode"] == 0 and client.circuit.state == "closed"
+    assert (client.stats.circuit_opened, client.stats.circuit_closed, client.stats.circuit_rejected) == (1, 1, 2)
+    assert metrics.REGISTRY.get_sample_value(*gauge) == 0.0
+    opens = metrics.REGISTRY.get_sample_value("marketprism_rest_circuit_opens_total", gauge[1])
+    assert opens is not None and opens >= 1
