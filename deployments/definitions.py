@@ -12,7 +12,10 @@ from typing import Any
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
 from flows.collector import collector
+from marketprism.pulls import select_pulls
+from marketprism.records import DataType
 from marketprism.venues import VENUES
+from marketprism.venues.pull import Cadence, RestPull
 
 RESTART_INTERVAL_S = 60
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
@@ -120,4 +123,89 @@ def migration_deployment_args(nats_url: str | None = None, duckdb_path: str | No
         "concurrency_limit": ONE_AT_A_TIME,
         "tags": ["marketprism", "scheduled", "storage"],
         "description": "Moves hot partitions older than the retention to verified Parquet, then deletes them from hot.",
+    }
+
+
+# --- scheduled REST pulls (flows/pulls.py): cadences match each endpoint's granularity ------------------------
+# (deployment name, data type, period, cadence override). The cadence is the pulls' own declaration
+# (``RestPull.cadence``) unless overridden for a period other than the default.
+PULL_GROUPS: tuple[tuple[str, DataType, str | None, Cadence | None], ...] = (
+    ("pull-long-short-ratios", DataType.LONG_SHORT_RATIO, None, None),  # 5m buckets: every 5 minutes
+    ("pull-open-interest", DataType.OPEN_INTEREST, None, None),  # a snapshot: every minute
+    ("pull-funding-history", DataType.FUNDING_RATE, None, None),  # hourly entries: every hour
+    ("pull-dvol-1m", DataType.VOLATILITY_INDEX, "1m", None),  # 1-minute candles: every minute
+    ("pull-dvol-1h", DataType.VOLATILITY_INDEX, "1h", Cadence(cron="2 * * * *")),  # hourly candles: every hour
+)
+
+
+def pull_groups(venues: list[str] | None = None) -> list[tuple[str, list[RestPull], str | None, Cadence]]:
+    """(deployment name, pulls, period, cadence) per group; ``venues`` limits the streaming venues (REST-only ones,
+    e.g. Deribit, are always kept)."""
+    out = []
+    for name, data_type, period, override in PULL_GROUPS:
+        pulls = [p for p in select_pulls(venues=venues) if p.data_type is data_type]
+        if not pulls:
+            continue
+        cadences = {p.cadence for p in pulls}
+        if override is None and len(cadences) != 1:
+            raise ValueError(f"{name}: its pulls declare different cadences {cadences}")
+        out.append((name, pulls, period, override or cadences.pop()))
+    return out
+
+
+def pull_deployment_args(
+    venues: list[str] | None = None, nats_url: str | None = None, rest_bases: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Arguments of ``rest_pull.to_deployment`` for every pull group: scheduled flows (they run and end)."""
+    out = []
+    for name, pulls, period, cadence in pull_groups(venues):
+        params: dict[str, Any] = {"pulls": [p.name for p in pulls], "artifact_key": name}
+        if period:
+            params["period"] = period
+        if nats_url:
+            params["nats_url"] = nats_url
+        if rest_bases:
+            params["rest_bases"] = {p.venue: rest_bases[p.venue] for p in pulls if p.venue in rest_bases}
+        schedule = {"cron": cadence.cron} if cadence.cron else {"interval": cadence.interval_s}
+        out.append(
+            {
+                "name": name,
+                "parameters": params,
+                **schedule,
+                "concurrency_limit": ONE_AT_A_TIME,
+                "tags": ["marketprism", "scheduled", "rest-pull"],
+                "description": f"REST pulls {', '.join(p.name for p in pulls)}"
+                + (f" ({period} buckets)" if period else ""),
+            }
+        )
+    return out
+
+
+QUALITY_DEPLOYMENT = "data-quality"
+QUALITY_CRON = "0 * * * *"  # QualityConfig.schedule_cron's default; `up` takes the configured one
+
+
+def quality_deployment_args(
+    nats_url: str | None = None,
+    duckdb_path: str | None = None,
+    parquet_root: str | None = None,
+    data_docs_path: str | None = None,
+    venues: list[str] | None = None,
+    cron: str = QUALITY_CRON,
+) -> dict[str, Any]:
+    """Arguments of ``data_quality.to_deployment``: a scheduled GX checkpoint over the last window (it runs and ends;
+    a critical failure marks the run Failed)."""
+    params: dict[str, Any] = {}
+    for name, value in (("nats_url", nats_url), ("duckdb_path", duckdb_path), ("parquet_root", parquet_root),
+                        ("data_docs_path", data_docs_path), ("venues", venues)):  # fmt: skip
+        if value:
+            params[name] = value
+    return {
+        "name": QUALITY_DEPLOYMENT,
+        "parameters": params,
+        "cron": cron,
+        "concurrency_limit": ONE_AT_A_TIME,
+        "tags": ["marketprism", "scheduled", "quality"],
+        "description": "Great Expectations checkpoint over the last window: Data Docs, artifacts, metrics; fails on a "
+        "critical expectation.",
     }

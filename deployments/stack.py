@@ -31,11 +31,12 @@ from marketprism.control import request
 from marketprism.processor import PROCESSOR
 from marketprism.procs import die_with_parent
 from marketprism.store.writer import WRITER
-from marketprism.venues import VENUES
+from marketprism.venues import PULLS, VENUES
 
 log = logging.getLogger(__name__)
 
 FINAL_STATES = {"COMPLETED", "CANCELLED", "FAILED", "CRASHED"}
+REST_ONLY_VENUES = sorted({p.venue for p in PULLS.values()} - set(VENUES))  # served by the simulator over REST only
 
 
 @dataclass
@@ -183,11 +184,15 @@ async def serve_and_watch(
         collector_deployment_name,
         migration_deployment_args,
         processor_deployment_args,
+        pull_deployment_args,
+        quality_deployment_args,
         writer_deployment_args,
     )
     from flows.book_processor import book_processor
     from flows.collector import collector
     from flows.hot_to_cold import hot_to_cold
+    from flows.pulls import rest_pull
+    from flows.quality import data_quality
     from flows.storage_writer import storage_writer
 
     async with get_client() as client:
@@ -208,6 +213,24 @@ async def serve_and_watch(
     args = migration_deployment_args(status.nats_url, str(data / "hot.duckdb"), str(data / "cold"))
     await replace_work_pool_deployment(f"hot-to-cold/{args['name']}")
     deployment_ids.append(await runner.aadd_deployment(await hot_to_cold.ato_deployment(**args)))
+    # Scheduled REST pulls; the simulator serves the REST-only venues (Deribit) under the same host.
+    pull_bases = dict(rest_bases or {})
+    if rest_bases:
+        host = next(iter(rest_bases.values())).rsplit("/", 1)[0]
+        pull_bases |= {p: f"{host}/{p}" for p in REST_ONLY_VENUES}
+    pull_args = pull_deployment_args(opts.venues, status.nats_url, pull_bases or None)
+    for args in pull_args:
+        await replace_work_pool_deployment(f"rest-pull/{args['name']}")
+        deployment_ids.append(await runner.aadd_deployment(await rest_pull.ato_deployment(**args)))
+    # Data quality (GX), on the configured cron; it reads the hot rows through the running writer.
+    from blocks.platform import aload_platform_config
+
+    quality = (await aload_platform_config())[0].quality
+    if quality.enabled:
+        args = quality_deployment_args(status.nats_url, str(data / "hot.duckdb"), str(data / "cold"),
+                                       str(data / "gx"), list(opts.venues), cron=quality.schedule_cron)  # fmt: skip
+        await replace_work_pool_deployment(f"data-quality/{args['name']}")
+        deployment_ids.append(await runner.aadd_deployment(await data_quality.ato_deployment(**args)))
     await forget_stale_runs(deployment_ids)
     runner_task = asyncio.create_task(runner.start(webserver=False))
     loop = asyncio.get_running_loop()
@@ -218,6 +241,9 @@ async def serve_and_watch(
     run_ids.append((await run_deployment(f"storage-writer/{WRITER_DEPLOYMENT}", timeout=0)).id)  # type: ignore[misc]
     for venue in opts.venues:
         run = await run_deployment(f"collector/{collector_deployment_name(venue)}", timeout=0)  # type: ignore[misc]
+        run_ids.append(run.id)
+    for args in pull_args:  # every scheduled pull once now: a fresh stack has every data type within a minute
+        run = await run_deployment(f"rest-pull/{args['name']}", timeout=0)  # type: ignore[misc]
         run_ids.append(run.id)
     on_ready(status)
     nc = await connect(status.nats_url)

@@ -21,6 +21,7 @@ from marketprism.book.cli import book_app
 from marketprism.bus.codec import decode_subject
 from marketprism.config import ConfigError
 from marketprism.config_cli import config_app
+from marketprism.quality.cli import quality as quality_command
 from marketprism.records import DataType
 from marketprism.runner import DEFAULT_SYMBOLS, CollectorSpec, RunReport, run_collectors
 from marketprism.store.cli import query as store_query
@@ -33,6 +34,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(book_app, name="book")
 app.add_typer(store_app, name="store")
 app.command("query")(store_query)  # `marketprism query "SQL"` = `marketprism store query "SQL"`
+app.command("quality")(quality_command)  # the data-quality checkpoint (marketprism.quality)
 console = Console()
 
 

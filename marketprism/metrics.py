@@ -1,7 +1,9 @@
 """Prometheus metrics, one scrape endpoint per host, and the error counters of the taxonomy.
 
 Naming: ``marketprism_<subsystem>_<name>_<unit>``, counters end in ``_total``. Subsystems: ``collector``
-(WebSocket sessions), ``bus`` (the JetStream publisher) and ``processor`` (the order-book processor);
+(WebSocket sessions), ``bus`` (the JetStream publisher), ``processor`` (the order-book processor), ``storage``
+(the storage writer), ``rest`` (REST clients: answers, waits, retries and circuit breakers) and ``quality``
+(data-quality runs: the last run's results per ``suite``, ``check``, ``severity``; see ``record_quality``);
 ``marketprism_errors_total`` is shared by every component (labels ``component``, ``kind``, ``code`` from
 ``marketprism.errors``). Labels are ``exchange``, ``market``, ``data_type`` where meaningful, plus small
 closed sets (``code``, ``reason``, ``clock``, ``result``); never ``symbol`` (its cardinality is unbounded on
@@ -182,6 +184,59 @@ STORE_LAG = Gauge(
     "marketprism_storage_lag_records", "Messages on the bus not yet committed (stream last seq - stored position)"
 )
 
+# --- REST clients (marketprism.rest) ---------------------------------------------------------------------
+REST_REQUESTS = Counter(
+    "marketprism_rest_requests_total",
+    "REST requests sent, by result: ok, rate_limited (429), banned (418), client_error, server_error, network_error",
+    (*VENUE, "result"),
+)
+REST_RETRIES = Counter("marketprism_rest_retries_total", "REST requests retried after a failed attempt", VENUE)
+REST_WAIT = Counter(
+    "marketprism_rest_wait_seconds_total", "Time REST calls waited: weight budget, Retry-After pauses, backoff", VENUE
+)
+REST_REJECTED = Counter(
+    "marketprism_rest_rejected_total", "REST calls refused without a request because the circuit was open", VENUE
+)
+REST_CIRCUIT_OPENS = Counter("marketprism_rest_circuit_opens_total", "Times a REST circuit breaker opened", VENUE)
+REST_OPEN_CIRCUITS = Gauge(
+    "marketprism_rest_open_circuits",
+    "REST circuit breakers open or half-open (not yet recovered), summed over live processes",
+    VENUE,
+    multiprocess_mode="livesum",
+)
+
+# --- data quality (the GX checkpoint of the data-quality flow / `marketprism quality`) --------------------------
+QUALITY_RUNS = Counter(
+    "marketprism_quality_runs_total", "Data-quality checkpoint runs by result: passed, warning, failed", ["result"]
+)
+QUALITY_FAILED = Gauge(
+    "marketprism_quality_failed_expectations",
+    "Failing expectations per suite and severity in the last run (critical failures fail the flow run)",
+    ("suite", "severity"),
+    multiprocess_mode="mostrecent",
+)
+QUALITY_EVALUATED = Gauge(
+    "marketprism_quality_evaluated_expectations", "Expectations evaluated per suite in the last run", ["suite"],
+    multiprocess_mode="mostrecent",
+)  # fmt: skip
+QUALITY_CHECKED = Gauge(
+    "marketprism_quality_checked_records", "Rows validated per suite in the last run", ["suite"],
+    multiprocess_mode="mostrecent",
+)  # fmt: skip
+QUALITY_UNEXPECTED = Gauge(
+    "marketprism_quality_unexpected_records",
+    "Rows failing each check in the last run (0: the check passed), by suite, check and severity",
+    ("suite", "check", "severity"),
+    multiprocess_mode="mostrecent",
+)
+QUALITY_LAST_RUN = Gauge(
+    "marketprism_quality_last_run_timestamp_seconds", "When the last data-quality run finished",
+    multiprocess_mode="max",
+)  # fmt: skip
+QUALITY_DURATION = Gauge(
+    "marketprism_quality_run_duration_seconds", "Duration of the last data-quality run", multiprocess_mode="mostrecent"
+)
+
 # --- every component -------------------------------------------------------------------------------
 ERRORS = Counter(
     "marketprism_errors_total",
@@ -197,8 +252,11 @@ ALL: tuple[Counter | Gauge, ...] = (
     FRAMES, FRAME_BYTES, RECORDS, PARSE_ERRORS, RECONNECTS, CONNECTED, LAST_FRAME, LAST_RECORD,
     PUBLISHED, DUPLICATES, DROPPED, RETRIES, BUFFERED, IN_FLIGHT, BOOKS, BOOKS_SYNCED, RESYNCS, CHECKSUMS,
     SNAPSHOT_REQUESTS, RESUBSCRIBE_REQUESTS, DEPTH_CONSUMED, DECODE_ERRORS, BOOK_RECORDS, LAG, STORED,
-    STORE_DUPLICATES, DEAD_LETTERED, STORE_ERRORS, COMMIT_SECONDS, STORE_LAG, ERRORS,
+    STORE_DUPLICATES, DEAD_LETTERED, STORE_ERRORS, COMMIT_SECONDS, STORE_LAG, REST_REQUESTS, REST_RETRIES, REST_WAIT,
+    REST_REJECTED, REST_CIRCUIT_OPENS, REST_OPEN_CIRCUITS, ERRORS,
 )  # fmt: skip
+ALL += (QUALITY_RUNS, QUALITY_FAILED, QUALITY_EVALUATED, QUALITY_CHECKED, QUALITY_UNEXPECTED, QUALITY_LAST_RUN,
+        QUALITY_DURATION)  # fmt: skip
 
 
 def exported_names() -> set[str]:
@@ -479,6 +537,75 @@ class WriterMetrics:
             self._errors = errors_
         COMMIT_SECONDS.set(commit_s)
         STORE_LAG.set(lag)
+
+
+def _rest_result(status: int) -> str:
+    if 200 <= status < 300:
+        return "ok"
+    if status == 429:
+        return "rate_limited"
+    if status == 418:
+        return "banned"
+    if status == 0:
+        return "network_error"
+    return "client_error" if status < 500 else "server_error"
+
+
+class RestMetrics:
+    """One REST client's metrics. Requests are rare next to frames, so they are counted as they happen."""
+
+    component = "rest"
+
+    def __init__(self, exchange: str, market: str):
+        self.labels = (exchange, market)
+        self._open = REST_OPEN_CIRCUITS.labels(*self.labels)
+        self._results: dict[int, Any] = {}
+
+    def answer(self, status: int) -> None:
+        child = self._results.get(status)
+        if child is None:
+            child = self._results[status] = REST_REQUESTS.labels(*self.labels, _rest_result(status))
+        child.inc()
+        if status in (418, 429):
+            count_error(self.component, errors.ErrorInfo.of(errors.Code.RATE_LIMITED))
+        elif status == 0 or status >= 500:
+            count_error(self.component, errors.ErrorInfo.of(errors.Code.UPSTREAM_UNAVAILABLE))
+
+    def retried(self) -> None:
+        REST_RETRIES.labels(*self.labels).inc()
+
+    def waited(self, seconds: float) -> None:
+        REST_WAIT.labels(*self.labels).inc(seconds)
+
+    def rejected(self) -> None:
+        REST_REJECTED.labels(*self.labels).inc()
+
+    def circuit(self, state: str) -> None:
+        """A breaker changed state: ``open``, ``half_open`` or ``closed``."""
+        if state == "open":
+            REST_CIRCUIT_OPENS.labels(*self.labels).inc()
+        self._open.set(0 if state == "closed" else 1)
+
+
+def record_quality(
+    result: str,
+    suites: Iterable[tuple[str, int, int, Mapping[str, int], Mapping[tuple[str, str], int]]],
+    seconds: float,
+    finished: float | None = None,
+) -> None:
+    """Export one data-quality run: ``result`` (passed, warning, failed) and per suite ``(name, rows, evaluated,
+    {severity: failing expectations}, {(check, severity): failing rows})``. Every check and severity is set, so
+    one that passes again goes back to 0."""
+    QUALITY_RUNS.labels(result).inc()
+    for suite, rows, evaluated, failed_by_severity, checks in suites:
+        QUALITY_CHECKED.labels(suite).set(rows)
+        QUALITY_EVALUATED.labels(suite).set(evaluated)
+        for (check, severity), bad in checks.items():
+            QUALITY_UNEXPECTED.labels(suite, check, severity).set(bad)
+        for severity, n in {"critical": 0, "warning": 0, **failed_by_severity}.items():
+            QUALITY_FAILED.labels(suite, severity).set(n)
+    QUALITY_DURATION.set(seconds)
+    QUALITY_LAST_RUN.set(time.time() if finished is None else finished)
 
 
 # --- multiprocess directory ----------------------------------------------------------------------------

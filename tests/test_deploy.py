@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from deployments.definitions import QUALITY_CRON, pull_deployment_args
+from marketprism.config import QualityConfig
 from marketprism.venues import VENUES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +32,9 @@ def test_prefect_deploy_all_registers_every_deployment(prefect_api: str) -> None
         "book-processor",
         "storage-writer",
         "hot-to-cold",
-    }
+        "data-quality",
+    } | {a["name"] for a in pull_deployment_args()}
+    pulls = {a["name"]: a for a in pull_deployment_args()}  # what `marketprism up` serves: prefect.yaml must match
 
     async def registered() -> list:
         from prefect.client.orchestration import get_client
@@ -47,11 +51,22 @@ def test_prefect_deploy_all_registers_every_deployment(prefect_api: str) -> None
             "flows/book_processor.py:book_processor",
             "flows/storage_writer.py:storage_writer",
             "flows/hot_to_cold.py:hot_to_cold",
+            "flows/pulls.py:rest_pull",
+            "flows/quality.py:data_quality",
         )
         assert d.work_pool_name == "marketprism-process"
         assert d.parameters == declared[name]["parameters"]
         if name == "hot-to-cold":  # scheduled, not long-running
             assert [s.schedule.cron for s in d.schedules] == ["17 * * * *"]
+        elif name == "data-quality":  # scheduled GX checkpoint: quality.schedule_cron's default
+            assert QualityConfig().schedule_cron == QUALITY_CRON
+            assert [s.schedule.cron for s in d.schedules] == [QUALITY_CRON]
+        elif name in pulls:  # scheduled REST pulls: the cadence of the endpoint's granularity
+            assert d.entrypoint == "flows/pulls.py:rest_pull" and d.parameters == pulls[name]["parameters"]
+            if "cron" in pulls[name]:
+                assert [s.schedule.cron for s in d.schedules] == [pulls[name]["cron"]]
+            else:
+                assert [s.schedule.interval.total_seconds() for s in d.schedules] == [pulls[name]["interval"]]
         else:
             assert [s.schedule.interval.total_seconds() for s in d.schedules] == [60.0]
         assert d.global_concurrency_limit is not None and d.global_concurrency_limit.limit == 1

@@ -38,9 +38,11 @@ from tests.test_bus import trade
 ROOT = Path(__file__).resolve().parents[1]
 FAST = SessionConfig(stall_timeout_s=3.0, backoff_initial_s=0.05, backoff_max_s=0.5, open_timeout_s=3.0)
 NAME = re.compile(
-    r"^marketprism_(collector|bus|processor|storage)_[a-z0-9_]+_(total|seconds|bytes|records|connections|books)$"
+    r"^marketprism_(collector|bus|processor|storage|rest|quality)_[a-z0-9_]+_"
+    r"(total|seconds|bytes|records|connections|books|circuits|expectations)$"
 )
-LABELS = {"exchange", "market", "data_type", "code", "kind", "component", "reason", "clock", "result"}
+LABELS = {"exchange", "market", "data_type", "code", "kind", "component", "reason", "clock", "result", "suite", "check",
+          "severity"}  # fmt: skip
 
 
 async def wait_until(predicate, timeout_s: float, step: float = 0.05) -> bool:
