@@ -38,7 +38,9 @@ def test_collect_records_a_capture_and_tail_decodes_the_bus(tmp_path: Path, nats
     report = last_json(result.output)
     assert report["venues"]["binance_spot"]["by_type"]["trade"] > 0
     assert report["venues"]["binance_spot"]["by_type"].get("depth", 0) == 0
-    assert len(capture.read_text().splitlines()) == report["venues"]["binance_spot"]["frames"]
+    sources = [json.loads(line)["source"] for line in capture.read_text().splitlines()]
+    assert sources.count("ws") == report["venues"]["binance_spot"]["frames"]  # every received frame...
+    assert "status" in sources and set(sources) <= {"ws", "status"}  # ...and the session's status records
     out, err = tail.communicate(timeout=60)
     lines = [json.loads(line) for line in out.splitlines()]
     assert len(lines) == 5, err
