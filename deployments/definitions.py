@@ -58,26 +58,31 @@ def collector_deployments(**kwargs: Any) -> list[Any]:
     return [collector.to_deployment(**args) for args in collector_deployment_args(**kwargs)]
 
 
+def _given(**params: Any) -> dict[str, Any]:
+    """Deployment parameters: only those given (the flow's defaults and the config blocks fill in the rest)."""
+    return {k: v for k, v in params.items() if v}
+
+
+def long_running_args(name: str, params: dict[str, Any], tag: str, what: str, interval_s: float) -> dict[str, Any]:
+    """Arguments of ``<flow>.to_deployment`` for a long-running flow that restarts itself like the collectors."""
+    return {
+        "name": name,
+        "parameters": params,
+        "interval": interval_s,
+        "concurrency_limit": ONE_AT_A_TIME,
+        "tags": ["marketprism", "long-running", tag],
+        "description": f"{what}; restarts itself within {interval_s:.0f}s.",
+    }
+
+
 PROCESSOR_DEPLOYMENT = "book-processor"
 
 
 def processor_deployment_args(
     nats_url: str | None = None, rest_bases: dict[str, str] | None = None, interval_s: float = RESTART_INTERVAL_S
 ) -> dict[str, Any]:
-    """Arguments of ``book_processor.to_deployment``: long-running, restarts itself like the collectors."""
-    params: dict[str, Any] = {}
-    if nats_url:
-        params["nats_url"] = nats_url
-    if rest_bases:
-        params["rest_bases"] = rest_bases
-    return {
-        "name": PROCESSOR_DEPLOYMENT,
-        "parameters": params,
-        "interval": interval_s,
-        "concurrency_limit": ONE_AT_A_TIME,
-        "tags": ["marketprism", "long-running", "book-processor"],
-        "description": f"Keeps every symbol's order book in sync; restarts itself within {interval_s:.0f}s.",
-    }
+    return long_running_args(PROCESSOR_DEPLOYMENT, _given(nats_url=nats_url, rest_bases=rest_bases),
+                             "book-processor", "Keeps every symbol's order book in sync", interval_s)  # fmt: skip
 
 
 WRITER_DEPLOYMENT = "storage-writer"
@@ -86,20 +91,9 @@ WRITER_DEPLOYMENT = "storage-writer"
 def writer_deployment_args(
     nats_url: str | None = None, duckdb_path: str | None = None, interval_s: float = RESTART_INTERVAL_S
 ) -> dict[str, Any]:
-    """Arguments of ``storage_writer.to_deployment``: long-running, restarts itself like the collectors."""
-    params: dict[str, Any] = {}
-    if nats_url:
-        params["nats_url"] = nats_url
-    if duckdb_path:
-        params["duckdb_path"] = duckdb_path
-    return {
-        "name": WRITER_DEPLOYMENT,
-        "parameters": params,
-        "interval": interval_s,
-        "concurrency_limit": ONE_AT_A_TIME,
-        "tags": ["marketprism", "long-running", "storage-writer"],
-        "description": f"Stores every bus record in the hot store, exactly once; restarts within {interval_s:.0f}s.",
-    }
+    what = "Stores every bus record in the hot store, exactly once"
+    return long_running_args(WRITER_DEPLOYMENT, _given(nats_url=nats_url, duckdb_path=duckdb_path),
+                             "storage-writer", what, interval_s)  # fmt: skip
 
 
 MIGRATION_DEPLOYMENT = "hot-to-cold"
@@ -109,13 +103,7 @@ MIGRATION_CRON = "17 * * * *"  # hourly: a no-op until a day passes the retentio
 def migration_deployment_args(nats_url: str | None = None, duckdb_path: str | None = None,
                               parquet_root: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Arguments of ``hot_to_cold.to_deployment``: a scheduled flow (it runs and ends)."""
-    params: dict[str, Any] = {}
-    if nats_url:
-        params["nats_url"] = nats_url
-    if duckdb_path:
-        params["duckdb_path"] = duckdb_path
-    if parquet_root:
-        params["parquet_root"] = parquet_root
+    params = _given(nats_url=nats_url, duckdb_path=duckdb_path, parquet_root=parquet_root)
     return {
         "name": MIGRATION_DEPLOYMENT,
         "parameters": params,

@@ -9,8 +9,8 @@ import os
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
-from flows.collector import load_config
-from marketprism.bus.publisher import JetStreamPublisher, connect
+from flows.collector import connect_bus, load_config
+from marketprism.bus.publisher import JetStreamPublisher
 from marketprism.processor import OrderBookProcessor
 from marketprism.procs import die_with_parent
 
@@ -27,11 +27,7 @@ async def book_processor(
     if os.environ.get("MARKETPRISM_DIE_WITH_PARENT") == "1":
         die_with_parent()
     config = await load_config()
-    servers = nats_url or config.nats.servers
-    if not servers:
-        raise ValueError("book-processor: no NATS server configured (nats.servers or the nats_url parameter)")
-    options = {k: v for k, v in config.nats.connect_options().items() if k != "servers"}
-    nc = await connect(servers, name="marketprism-book-processor", **options)
+    nc = await connect_bus(config, nats_url, "book-processor")
     publisher = JetStreamPublisher(nc).start()
     processor = OrderBookProcessor(nc, publisher, rest_bases=rest_bases, top_n=top_n, interval_s=interval_ms / 1000,
                                    stream=config.nats.stream())  # fmt: skip

@@ -43,6 +43,17 @@ def report_markdown(report: RunReport) -> str:
     return "\n".join(lines)
 
 
+async def connect_bus(config: PlatformConfig, nats_url: str | None, flow: str) -> Any:
+    """The flow's NATS connection: ``nats_url`` or the configured servers, with the configured credentials/TLS."""
+    from marketprism.bus.publisher import connect
+
+    servers = nats_url or config.nats.servers
+    if not servers:
+        raise ValueError(f"{flow}: no NATS server configured (nats.servers or the nats_url parameter)")
+    options = {k: v for k, v in config.nats.connect_options().items() if k != "servers"}
+    return await connect(servers, name=f"marketprism-{flow}", **options)
+
+
 async def load_config() -> PlatformConfig:
     """Blocks plus env overrides; the defaults (and env) when no Prefect API or blocks are reachable."""
     try:

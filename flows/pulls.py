@@ -16,8 +16,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
-from flows.collector import load_config
-from marketprism.bus.publisher import JetStreamPublisher, connect
+from flows.collector import connect_bus, load_config
+from marketprism.bus.publisher import JetStreamPublisher
 from marketprism.bus.stream import ensure_stream
 from marketprism.procs import die_with_parent
 from marketprism.pulls import run_pulls, select_pulls
@@ -40,11 +40,7 @@ async def rest_pull(
     config = await load_config()
     chosen = select_pulls(pulls)
     wanted = {v: list(c.symbols) for v, c in config.venues.items()} | dict(symbols or {})
-    servers = nats_url or config.nats.servers
-    if not servers:
-        raise ValueError("rest-pull: no NATS server configured (nats.servers or the nats_url parameter)")
-    options = {k: v for k, v in config.nats.connect_options().items() if k != "servers"}
-    nc = await connect(servers, name="marketprism-rest-pull", **options)
+    nc = await connect_bus(config, nats_url, "rest-pull")
     publisher = JetStreamPublisher(nc)
     try:
         await ensure_stream(nc.jetstream(), config.nats.stream())

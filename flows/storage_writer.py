@@ -9,8 +9,7 @@ import os
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 
-from flows.collector import load_config
-from marketprism.bus.publisher import connect
+from flows.collector import connect_bus, load_config
 from marketprism.procs import die_with_parent
 from marketprism.store.open import open_hot_store
 from marketprism.store.writer import StorageWriter
@@ -27,14 +26,10 @@ async def storage_writer(
         die_with_parent()
     config = await load_config()
     storage = config.storage
-    servers = nats_url or config.nats.servers
-    if not servers:
-        raise ValueError("storage-writer: no NATS server configured (nats.servers or the nats_url parameter)")
+    nc = await connect_bus(config, nats_url, "storage-writer")
     clickhouse_url = storage.clickhouse_url.get_secret_value() if storage.clickhouse_url else None
     store = open_hot_store(storage.hot_backend, duckdb_path=duckdb_path or storage.duckdb_path,
                            clickhouse_url=clickhouse_url)  # fmt: skip
-    options = {k: v for k, v in config.nats.connect_options().items() if k != "servers"}
-    nc = await connect(servers, name="marketprism-storage-writer", **options)
     writer = StorageWriter(nc, store, stream=config.nats.stream(), batch_rows=storage.batch_rows,
                            batch_seconds=storage.batch_seconds)  # fmt: skip
     run = asyncio.create_task(writer.run())
