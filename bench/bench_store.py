@@ -16,9 +16,12 @@ for reference, and into ClickHouse (a ``LocalClickHouseServer``) through ``Click
 
 Section ``end_to_end``: records/s from JetStream to committed rows. N trades plus 20% depth updates are
 published to a local nats-server first; then a ``StorageWriter`` (batch_rows 50,000, batch_seconds 1.0) is timed
-from its start until its committed position reaches the stream's last sequence, into DuckDB and into ClickHouse.
-``--profile`` adds one cProfile'd DuckDB round (not counted) and prints where the event loop's time goes.
+from its start until its committed position reaches the stream's last sequence, into DuckDB and into ClickHouse,
+once per delivery path: ``lean`` (``marketprism.bus.delivery``, the writer's default) and ``nats-py`` (a nats-py
+subscription, ``fast_delivery=False``). ``--profile`` adds one cProfile'd DuckDB round per path (not counted) and
+prints where the event loop's time goes.
     .venv/bin/python bench/bench_store.py --section end_to_end [--e2e-trades 500000] [--rounds 3] [--profile]
+        [--delivery lean,nats-py] [--no-clickhouse]
 """
 
 from __future__ import annotations
@@ -230,11 +233,11 @@ def _mixed_records(trades: int) -> list[Record]:
 
 
 async def _writer_round(
-    nc: Any, store: Any, stream: MarketDataStream, consumer: str, last: int, max_ack_pending: int | None
+    nc: Any, store: Any, stream: MarketDataStream, consumer: str, last: int, max_ack_pending: int | None, lean: bool
 ) -> tuple[float, Any]:
     timed = _TimedStore(store)
     w = StorageWriter(nc, timed, consumer=consumer, stream=stream, batch_rows=50_000, batch_seconds=1.0,
-                      max_ack_pending=max_ack_pending)  # fmt: skip
+                      max_ack_pending=max_ack_pending, fast_delivery=lean)  # fmt: skip
     t0 = time.perf_counter()
     task = asyncio.create_task(w.run())
     while w.stats.position < last:
@@ -245,6 +248,7 @@ async def _writer_round(
     w.stop()
     await task
     assert w.stats.stored == last and w.stats.dead_lettered == 0, w.stats
+    assert w.fast_delivery == lean, "the lean delivery path was not used"
     return elapsed, (w, timed)
 
 
@@ -279,14 +283,17 @@ async def _end_to_end_on(
     print(f"end_to_end: {len(records):,} records ({args.e2e_trades:,} trades + {len(records) - args.e2e_trades:,} "
           f"depth) published first in {time.perf_counter() - t0:.1f} s; stream last seq {last:,}; "
           f"StorageWriter batch_rows=50,000 batch_seconds=1.0; best of {args.rounds} rounds")  # fmt: skip
-    print("| store | records | start -> position = last seq (s) | records/s | of which in commit (s) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| store | delivery | records | start -> position = last seq (s) | records/s | of which in commit (s) | "
+          "delivery gaps |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|")
     backends = ["duckdb"] + (["clickhouse"] if ch_url else [])
-    for backend in backends:
+    deliveries = [d.strip() for d in args.delivery.split(",") if d.strip()]
+    for backend, delivery in [(b, d) for b in backends for d in deliveries]:
         best: tuple[float, float] | None = None
+        gaps = 0
         profiled = args.profile and backend == "duckdb"
         for r in range(args.rounds + profiled):
-            consumer = f"bench_{backend}_{r}"
+            consumer = f"bench_{backend}_{delivery.replace('-', '')}_{r}"
             if backend == "duckdb":
                 store: Any = DuckDBStore(Path(tmp) / f"{consumer}.duckdb")
             else:
@@ -294,7 +301,9 @@ async def _end_to_end_on(
             prof = cProfile.Profile() if profiled and r == 0 else None
             if prof:
                 prof.enable()
-            elapsed, (w, timed) = await _writer_round(nc, store, stream, consumer, last, args.max_ack_pending)
+            elapsed, (w, timed) = await _writer_round(nc, store, stream, consumer, last, args.max_ack_pending,
+                                                      delivery == "lean")  # fmt: skip
+            gaps += w.stats.delivery_gaps
             if prof:
                 prof.disable()
                 print(f"  [profiled round, not counted: {elapsed:.2f} s, commit {timed.commit_s:.2f} s, "
@@ -308,8 +317,10 @@ async def _end_to_end_on(
                 store.client.command(f"DROP DATABASE `{consumer}`")
             store.close()
             await js.delete_consumer(stream.name, consumer)
-        assert best is not None
-        print(f"| {backend} | {last:,} | {best[0]:.2f} | {last / best[0]:,.0f} | {best[1]:.2f} |", flush=True)
+        if best is None:  # --rounds 0: the profiled round only
+            continue
+        print(f"| {backend} | {delivery} | {last:,} | {best[0]:.2f} | {last / best[0]:,.0f} | {best[1]:.2f} | {gaps} |",
+              flush=True)  # fmt: skip
     await nc.close()
 
 
@@ -334,6 +345,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="end_to_end: one extra cProfile'd DuckDB round")
     ap.add_argument("--max-ack-pending", type=int, default=None, help="end_to_end: the writer's (default: its own)")
     ap.add_argument("--no-clickhouse", action="store_true", help="end_to_end: DuckDB only")
+    ap.add_argument("--delivery", default="lean,nats-py", help="end_to_end: delivery paths, comma-separated "
+                    "(lean: marketprism.bus.delivery; nats-py: a nats-py subscription)")  # fmt: skip
     args = ap.parse_args()
     SECTIONS[args.section](args)
 
