@@ -222,21 +222,33 @@ class _TimedStore:
 
 
 def _mixed_records(trades: int) -> list[Record]:
-    """``trades`` trades with a depth update after every 4th (depth = 20% of the records)."""
+    """``trades`` trades with a depth update after every 4th (depth = 20% of the records), in time order as a live
+    feed sends them (``ts`` advancing 100 µs a record; the tiled fixture records would otherwise repeat the same
+    400 timestamps, which no live feed does and which makes every batch's natural-key check span the whole table)."""
+    import msgspec
+
     t, d = sample_records("trade", trades), sample_records("depth", trades // 4)
     out: list[Record] = []
+    t0 = 1_723_161_255_000_000
     for i, r in enumerate(t):
         out.append(r)
         if i % 4 == 3:
             out.append(d[i // 4])
-    return out
+    return [msgspec.structs.replace(r, ts=t0 + 100 * n, recv_ts=t0 + 100 * n + 900) for n, r in enumerate(out)]
 
 
 async def _writer_round(
-    nc: Any, store: Any, stream: MarketDataStream, consumer: str, last: int, max_ack_pending: int | None, lean: bool
+    nc: Any,
+    store: Any,
+    stream: MarketDataStream,
+    consumer: str,
+    last: int,
+    max_ack_pending: int | None,
+    lean: bool,
+    batch_rows: int = 50_000,
 ) -> tuple[float, Any]:
     timed = _TimedStore(store)
-    w = StorageWriter(nc, timed, consumer=consumer, stream=stream, batch_rows=50_000, batch_seconds=1.0,
+    w = StorageWriter(nc, timed, consumer=consumer, stream=stream, batch_rows=batch_rows, batch_seconds=1.0,
                       max_ack_pending=max_ack_pending, fast_delivery=lean)  # fmt: skip
     t0 = time.perf_counter()
     task = asyncio.create_task(w.run())
@@ -282,7 +294,7 @@ async def _end_to_end_on(
     last = int((await js.stream_info(stream.name)).state.last_seq)
     print(f"end_to_end: {len(records):,} records ({args.e2e_trades:,} trades + {len(records) - args.e2e_trades:,} "
           f"depth) published first in {time.perf_counter() - t0:.1f} s; stream last seq {last:,}; "
-          f"StorageWriter batch_rows=50,000 batch_seconds=1.0; best of {args.rounds} rounds")  # fmt: skip
+          f"StorageWriter batch_rows={args.batch_rows:,} batch_seconds=1.0; best of {args.rounds} rounds")  # fmt: skip
     print("| store | delivery | records | start -> position = last seq (s) | records/s | of which in commit (s) | "
           "delivery gaps |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|")
@@ -302,7 +314,7 @@ async def _end_to_end_on(
             if prof:
                 prof.enable()
             elapsed, (w, timed) = await _writer_round(nc, store, stream, consumer, last, args.max_ack_pending,
-                                                      delivery == "lean")  # fmt: skip
+                                                      delivery == "lean", args.batch_rows)  # fmt: skip
             gaps += w.stats.delivery_gaps
             if prof:
                 prof.disable()
@@ -344,6 +356,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="insert, end_to_end: best of this many rounds")
     ap.add_argument("--profile", action="store_true", help="end_to_end: one extra cProfile'd DuckDB round")
     ap.add_argument("--max-ack-pending", type=int, default=None, help="end_to_end: the writer's (default: its own)")
+    ap.add_argument("--batch-rows", type=int, default=50_000, help="end_to_end: the writer's batch_rows")
     ap.add_argument("--no-clickhouse", action="store_true", help="end_to_end: DuckDB only")
     ap.add_argument("--delivery", default="lean,nats-py", help="end_to_end: delivery paths, comma-separated "
                     "(lean: marketprism.bus.delivery; nats-py: a nats-py subscription)")  # fmt: skip
