@@ -90,8 +90,12 @@ def test_up_runs_the_stack_under_prefect_and_stops_cleanly_on_sigterm(
         try:
             trades = await stream_messages(nc, "md.trade.>")
             books = await stream_messages(nc, "md.book.>")
+            # The scheduled REST pulls ran once at start: a fresh stack has every pulled data type already.
+            pulled = {dt: len(await stream_messages(nc, f"md.{dt}.>"))
+                      for dt in ("long_short_ratio", "open_interest", "funding_rate", "volatility_index")}  # fmt: skip
         finally:
             await nc.close()
+        assert all(pulled.values()), pulled
         assert {m.subject.split(".")[2] for m in trades} == {"binance", "okx"}
         assert {m.subject.split(".")[2] for m in books} == {"binance", "okx"}  # the book processor ran too
 
