@@ -346,7 +346,7 @@ class StorageConfig(_Model):
         default=None, description="ClickHouse DSN of the cold store (cold_backend clickhouse); empty = clickhouse_url"
     )
     hot_retention_days: int = Field(default=7, gt=0, description="days kept hot before moving to cold")
-    batch_rows: int = Field(default=10_000, gt=0, description="insert batch: rows")
+    batch_rows: int = Field(default=100_000, gt=0, description="insert batch: rows (large batches commit faster)")
     batch_seconds: float = Field(default=1.0, gt=0, description="insert batch: max seconds")
 
     @field_validator("clickhouse_url", "cold_clickhouse_url")

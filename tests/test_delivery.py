@@ -148,7 +148,7 @@ async def test_messages_and_msg_ids_arrive_in_order_from_a_real_server(nats_serv
     sub = await nc.subscribe("t.echo")
     await nc.flush()  # the subscription is the server's before the reader publishes
     reader.ack("t.echo")
-    msg = await sub.next_msg(timeout=5)
+    msg = await sub.next_msg(timeout=15)
     assert msg.data == b""
     reader.close()
     await asyncio.wait_for(reader.closed, 5)

@@ -282,14 +282,18 @@ asyncio.run(main())
 """
 
 
-def _artifacts(keys: list[str]) -> dict[str, Any]:
+def _artifacts(keys: list[str], flow_run_id: Any = None) -> dict[str, Any]:
+    """The artifacts of ``keys`` written by ``flow_run_id`` (other tests share the Prefect server and the keys)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     async def read() -> dict[str, Any]:
+        flt = ArtifactFilter(key=ArtifactFilterKey(any_=keys))
+        if flow_run_id is not None:
+            flt.flow_run_id = ArtifactFilterFlowRunId(any_=[flow_run_id])
         async with get_client() as client:
-            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
-        return {a.key: a for a in arts}  # newest wins: read_artifacts lists the latest version of a key
+            arts = await client.read_artifacts(artifact_filter=flt)
+        return {a.key: a for a in arts}
 
     return asyncio.run(read())
 
@@ -321,7 +325,7 @@ def test_flow_reads_through_the_running_writer_publishes_artifacts_and_metrics(
     result = state.result()
     assert result["result"] == "passed" and result["source"] == "writer"
     assert result["suites"]["trades"]["rows"] > 50
-    arts = _artifacts(["data-quality", "data-quality-docs"])
+    arts = _artifacts(["data-quality", "data-quality-docs"], state.state_details.flow_run_id)
     assert "| trades |" in arts["data-quality"].data and "passed" in arts["data-quality"].data
     link = arts["data-quality-docs"].data  # Prefect stores a link artifact as markdown: [text](link)
     assert link == f"[GX Data Docs]({result['docs_url']})" and result["docs_url"].endswith("index.html")
@@ -359,7 +363,7 @@ def test_a_failing_checkpoint_marks_the_flow_run_failed_with_readable_artifacts(
         return str(run.state_type.value)
 
     assert asyncio.run(run_state()) == "FAILED"
-    arts = _artifacts(["data-quality"])
+    arts = _artifacts(["data-quality"], state.state_details.flow_run_id)
     markdown = arts["data-quality"].data
     assert "failed" in markdown and "| books | book_crossed | critical |" in markdown
     assert REGISTRY.get_sample_value("marketprism_quality_failed_expectations",

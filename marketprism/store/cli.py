@@ -31,7 +31,7 @@ def write(
     consumer: Annotated[str, typer.Option(help="durable consumer name (its position is stored with the rows)")] = (
         "storage_writer"
     ),
-    batch_rows: Annotated[int, typer.Option(help="rows per insert batch")] = 10_000,
+    batch_rows: Annotated[int, typer.Option(help="rows per insert batch")] = 100_000,
     batch_seconds: Annotated[float, typer.Option(help="max seconds a batch waits")] = 1.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:

@@ -135,7 +135,7 @@ class StorageWriter:
         consumer: str = "storage_writer",
         stream: MarketDataStream | None = None,
         subject: str = "md.>",
-        batch_rows: int = 10_000,
+        batch_rows: int = 100_000,
         batch_seconds: float = 1.0,
         max_ack_pending: int | None = None,
         retry_cap_s: float = 30.0,
@@ -150,9 +150,11 @@ class StorageWriter:
         self.subject = subject
         self.batch_rows = batch_rows
         self.batch_seconds = batch_seconds
-        # What the server may send ahead of the acks; kept well below what fits in the server's per-client buffer
-        # (64 MB by default) at a few hundred bytes a record. A cut still loses nothing (see _resubscribe).
-        self.max_ack_pending = max_ack_pending or min(max(4 * batch_rows, 20_000), 100_000)
+        # What the server may send ahead of the acks: two batches, so the next one arrives while one commits. At a
+        # few hundred bytes a record that can pass nats-server's per-client buffer (64 MB) if the reader stalls; the
+        # server then cuts the delivery connection and the writer restarts after what it stored (_resubscribe).
+        self.max_ack_pending = max_ack_pending or min(max(2 * batch_rows, 20_000), 200_000)
+        self._ack_pending_given = max_ack_pending is not None
         self.retry_cap_s = retry_cap_s
         # Read deliveries on a lean connection of their own (marketprism.bus.delivery) instead of a nats-py
         # subscription; decided again in run(): a client this reader cannot imitate (TLS, nkeys) keeps nats-py.
@@ -188,6 +190,10 @@ class StorageWriter:
             log.info("storage writer: the lean delivery reader cannot imitate this connection (TLS or credentials);"
                      " reading through nats-py")  # fmt: skip
             self.fast_delivery = False
+        if not self.fast_delivery and not self._ack_pending_given:
+            # nats-py reads its socket more slowly (~28 µs a message): a smaller window keeps the server's buffer
+            # for it below the slow-consumer cut (measured: 200k in flight is cut about once a second).
+            self.max_ack_pending = min(self.max_ack_pending, 100_000)
         sub = await self._subscribe(js)
         log.info("storage writer %s: %s from stream position %d (%s delivery)", self.consumer, self.store.backend,
                  self._last_seen, "lean" if self.fast_delivery else "nats-py")  # fmt: skip
