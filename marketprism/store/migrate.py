@@ -387,32 +387,13 @@ def _migrate_partition(
     already = f"AND key NOT IN (SELECT key FROM {cold_scan(committed)})" if committed else ""
     sql = f'SELECT {column_list(spec)} FROM "{spec.table}" WHERE {where} {already} ORDER BY ts, key'
     table: pa.Table = con.sql(sql, params=params).to_arrow_table()
-    if table.num_rows:
-        n = parts[-1][0] + 1 if parts else 0
-        final = f"{directory}/part-{n}.parquet"
-        tmp = final + ".tmp"
-        for stale in cold.fs.glob(f"{directory}/*.tmp"):
-            cold.fs.rm(stale)
-        _write_parquet(cold, tmp, table.cast(spec.arrow_schema()))
-        _pause_point("export", part, hook)
-
+    if table.num_rows and not _export_part(
+        cold, spec, part, directory, parts, table, committed, result, hook,
         # (b) verify against the hot rows with the same keys
-        try:
-            digest = _verify(con, cold, spec, tmp, table.num_rows, where, params)
-        except VerificationError as exc:
-            cold.fs.rm(tmp)
-            result.error = str(exc)
-            log.error("migration: %s", exc)
-            return result
-        _pause_point("verify", part, hook)
-
-        # (c) commit: the final name, then the manifest
-        cold.fs.mv(tmp, final)
-        _record(con, cold, spec, part, n, final, table.num_rows, digest)
-        committed.append(cold.url(final))
-        result.exported = table.num_rows
-        result.file = _relative(cold, final)
-        _pause_point("commit", part, hook)
+        verify=lambda tmp: _verify(con, cold, spec, tmp, table.num_rows, where, params),
+        record=lambda n, final, digest: _record(con, cold, spec, part, n, final, table.num_rows, digest),
+    ):  # fmt: skip
+        return result
     if not committed:
         return result
 
@@ -490,6 +471,48 @@ def _quoted(table: str) -> str:
 
 def _relative(cold: ColdRoot, path: str) -> str:
     return path[len(cold.root) + 1 :] if path.startswith(cold.root + "/") else path
+
+
+def _export_part(
+    cold: ColdRoot,
+    spec: TableSpec,
+    part: Partition,
+    directory: str,
+    parts: list[tuple[int, str]],
+    table: pa.Table,
+    committed: list[str],
+    result: PartitionResult,
+    hook: StepHook | None,
+    *,
+    verify: Callable[[str], str],
+    record: Callable[[int, str, str], None],
+) -> bool:
+    """Steps (a)-(c) for the rows of ``table``, whatever the hot store: write them to the next part's temp file,
+    verify it (``verify(tmp)`` returns its digest or raises ``VerificationError``), rename it into place and record
+    it (``record(n, final, digest)``). False when verification failed: the temp file is gone, nothing committed."""
+    n = parts[-1][0] + 1 if parts else 0
+    final = f"{directory}/part-{n}.parquet"
+    tmp = final + ".tmp"
+    for stale in cold.fs.glob(f"{directory}/*.tmp"):
+        cold.fs.rm(stale)
+    _write_parquet(cold, tmp, table.cast(spec.arrow_schema()))
+    _pause_point("export", part, hook)
+    try:
+        digest = verify(tmp)
+    except VerificationError as exc:
+        cold.fs.rm(tmp)
+        result.error = str(exc)
+        log.error("migration: %s", exc)
+        return False
+    _pause_point("verify", part, hook)
+    # (c) commit: the final name, then the manifest
+    cold.fs.mv(tmp, final)
+    record(n, final, digest)
+    committed.append(cold.url(final))
+    result.exported = table.num_rows
+    result.file = _relative(cold, final)
+    _pause_point("commit", part, hook)
+    return True
 
 
 def _record(
@@ -694,32 +717,13 @@ def _ch_migrate_partition(
     try:
         already = f"WHERE key NOT IN (SELECT key FROM {cold_scan(committed)})" if committed else ""
         table = duck.sql(f"SELECT {column_list(spec)} FROM _mp_hot {already} ORDER BY ts, key").to_arrow_table()
-        if table.num_rows:
-            n = parts[-1][0] + 1 if parts else 0
-            final = f"{directory}/part-{n}.parquet"
-            tmp = final + ".tmp"
-            for stale in cold.fs.glob(f"{directory}/*.tmp"):
-                cold.fs.rm(stale)
-            _write_parquet(cold, tmp, table.cast(spec.arrow_schema()))
-            _pause_point("export", part, hook)
-
+        if table.num_rows and not _export_part(
+            cold, spec, part, directory, parts, table, committed, result, hook,
             # (b) verify the file against the exported ClickHouse rows with the same keys
-            try:
-                digest = _verify(duck, cold, spec, tmp, table.num_rows, "true", [], source="_mp_hot")
-            except VerificationError as exc:
-                cold.fs.rm(tmp)
-                result.error = str(exc)
-                log.error("migration: %s", exc)
-                return result
-            _pause_point("verify", part, hook)
-
-            # (c) commit: the final name, then the manifest
-            cold.fs.mv(tmp, final)
-            _ch_record(client, cold, spec, part, n, final, table.num_rows, digest)
-            committed.append(cold.url(final))
-            result.exported = table.num_rows
-            result.file = _relative(cold, final)
-            _pause_point("commit", part, hook)
+            verify=lambda tmp: _verify(duck, cold, spec, tmp, table.num_rows, "true", [], source="_mp_hot"),
+            record=lambda n, final, digest: _ch_record(client, cold, spec, part, n, final, table.num_rows, digest),
+        ):  # fmt: skip
+            return result
         if not committed:
             return result
 
