@@ -197,7 +197,9 @@ async def serve_and_watch(
 
     async with get_client() as client:
         await ensure_automations(client)
-    runner = Runner(name="marketprism-up", query_seconds=2, pause_on_shutdown=False)
+    # No process limit: Prefect's default (PREFECT_RUNNER_PROCESS_LIMIT, 5) is fewer than the long-running flows
+    # alone (5 collectors, the book processor, the storage writer), and scheduled runs would queue behind them.
+    runner = Runner(name="marketprism-up", query_seconds=2, pause_on_shutdown=False, limit=None)
     deployment_ids = []
     for args in collector_deployment_args(opts.venues, opts.source, status.nats_url, ws_bases):
         await replace_work_pool_deployment(f"collector/{args['name']}")

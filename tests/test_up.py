@@ -29,10 +29,32 @@ def _trades_stored(url: str) -> int:
     async def count() -> int:
         nc = await connect(url)
         try:
-            info = await nc.jetstream().stream_info("MARKET_DATA")
-            return int(info.state.messages)
+            # Trades only: the scheduled pulls publish hundreds of records at start, the collectors' count is wanted
+            info = await nc.jetstream().stream_info("MARKET_DATA", subjects_filter="md.trade.>")
+            return sum((info.state.subjects or {}).values())
         except Exception:
             return 0
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
+
+
+PULLED = ("long_short_ratio", "open_interest", "funding_rate", "volatility_index")
+
+
+def _subject_count(url: str, data_types: tuple[str, ...]) -> dict[str, int]:
+    """Messages in the market-data stream per data type (by subject filter)."""
+
+    async def count() -> dict[str, int]:
+        nc = await connect(url)
+        try:
+            js = nc.jetstream()
+            out = {}
+            for dt in data_types:
+                info = await js.stream_info("MARKET_DATA", subjects_filter=f"md.{dt}.>")
+                out[dt] = sum((info.state.subjects or {}).values())
+            return out
         finally:
             await nc.close()
 
@@ -61,6 +83,12 @@ def test_up_runs_the_stack_under_prefect_and_stops_cleanly_on_sigterm(
         assert any('exchange="binance"' in line for line in records), metrics[:2000]
         assert any('exchange="okx"' in line for line in records)
         assert sum(float(line.rsplit(" ", 1)[1]) for line in records) >= 200
+        # The scheduled REST pulls run once at start: a fresh stack has every pulled data type within a minute.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(_subject_count(nats_server.url, PULLED).values()):
+            time.sleep(1)
+        pulled = _subject_count(nats_server.url, PULLED)
+        assert all(pulled.values()), pulled
         proc.send_signal(signal.SIGTERM)  # midway through --duration 120
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -90,12 +118,8 @@ def test_up_runs_the_stack_under_prefect_and_stops_cleanly_on_sigterm(
         try:
             trades = await stream_messages(nc, "md.trade.>")
             books = await stream_messages(nc, "md.book.>")
-            # The scheduled REST pulls ran once at start: a fresh stack has every pulled data type already.
-            pulled = {dt: len(await stream_messages(nc, f"md.{dt}.>"))
-                      for dt in ("long_short_ratio", "open_interest", "funding_rate", "volatility_index")}  # fmt: skip
         finally:
             await nc.close()
-        assert all(pulled.values()), pulled
         assert {m.subject.split(".")[2] for m in trades} == {"binance", "okx"}
         assert {m.subject.split(".")[2] for m in books} == {"binance", "okx"}  # the book processor ran too
 
@@ -136,7 +160,10 @@ def test_up_embedded_defaults_start_their_own_prefect_server_and_bus(tmp_path: P
     assert proc.returncode == 0, out[-3000:]
     report = final_report(out)
     # the collector, the book processor, the storage writer and the scheduled REST pulls (run once at start)
-    assert set(report["flow_runs"].values()) == {"COMPLETED"} and len(report["flow_runs"]) >= 3, report["flow_runs"]
+    # The long-running flows (collector, book processor, storage writer) end Completed; a scheduled pull or check
+    # still starting when `up` stops is cancelled, which is how a stop ends it.
+    states = list(report["flow_runs"].values())
+    assert set(states) <= {"COMPLETED", "CANCELLED"} and states.count("COMPLETED") >= 3, report["flow_runs"]
     assert report["venues"]["bybit_linear"]["records"] > 50
     assert (data / "prefect" / "prefect.db").exists() and (data / "nats" / "jetstream").is_dir()
     import duckdb
