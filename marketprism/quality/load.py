@@ -11,7 +11,6 @@ hot tables ``UNION ALL`` cold Parquet) and validated as DataFrames. Where the ro
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -128,34 +127,11 @@ def _window(start: datetime, end: datetime, frames: dict[str, pl.DataFrame], sou
 async def _ask_writer(queries: Sequence[tuple[str, str]], parquet_root: str | Path | None, nats_url: str | None,
                       duckdb_path: str | Path | None) -> dict[str, pl.DataFrame] | None:  # fmt: skip
     """Every query answered by the running storage writer, or None when none answers."""
-    from marketprism.bus.publisher import connect
-    from marketprism.control import request
-    from marketprism.store.cli import _nats_url
-    from marketprism.store.writer import WRITER
+    from marketprism.store.via_writer import WriterQueryError, query_through_writer
 
-    url = _nats_url(nats_url, str(duckdb_path) if duckdb_path else None)
-    if not url:
-        return None
     try:
-        nc = await connect(url, name="marketprism-quality", allow_reconnect=False, max_reconnect_attempts=1,
-                           connect_timeout=2)  # fmt: skip
-    except Exception:
-        return None
-    out: dict[str, pl.DataFrame] = {}
-    root = str(parquet_root) if parquet_root is not None else None
-    try:
-        for name, sql in queries:
-            try:
-                reply = await request(nc, WRITER, "query", {"sql": sql, "parquet_root": root},
-                                      timeout_s=WRITER_TIMEOUT_S)  # fmt: skip
-            except Exception:  # no responders, timeout: no writer here
-                return None
-            if not reply.get("ok"):
-                raise RuntimeError(f"the storage writer could not run a quality query: {reply.get('error')}")
-            try:
-                out[name] = _typed(name, pl.read_parquet(reply["path"]))
-            finally:
-                os.unlink(reply["path"])
-    finally:
-        await nc.close()
-    return out
+        got = await query_through_writer(queries, parquet_root, nats=nats_url, duckdb=duckdb_path,
+                                         name="marketprism-quality", timeout_s=WRITER_TIMEOUT_S)  # fmt: skip
+    except WriterQueryError as exc:
+        raise RuntimeError(f"the storage writer could not run a quality query: {exc}") from None
+    return None if got is None else {name: _typed(name, df) for name, df in got.items()}

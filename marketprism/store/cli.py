@@ -206,53 +206,15 @@ def query(
     _emit(df, format, output)
 
 
-def _nats_url(nats: str | None, duckdb: str | None) -> str | None:
-    from pathlib import Path
-
-    from marketprism.config import ConfigError, resolve
-    from marketprism.store.query import storage_defaults
-
-    if nats:
-        return nats
-    try:
-        servers = resolve()[0].nats.servers
-    except ConfigError:
-        servers = []
-    if servers:
-        return servers[0]
-    left_by_up = Path(duckdb or storage_defaults()[0]).parent / "nats" / "url"
-    return left_by_up.read_text().strip() if left_by_up.is_file() else None
-
-
 async def _query_writer(sql: str, parquet_root: str | None, nats: str | None, duckdb: str | None) -> object:
     """The result from the running writer (a DataFrame), an "error: ..." string, or None if no writer answered."""
-    import os
+    from marketprism.store.via_writer import WriterQueryError, query_through_writer
 
-    from marketprism.bus.publisher import connect
-    from marketprism.control import request
-    from marketprism.store.writer import WRITER
-
-    url = _nats_url(nats, duckdb)
-    if not url:
-        return None
     try:
-        nc = await connect(
-            url, name="marketprism-query", allow_reconnect=False, max_reconnect_attempts=1, connect_timeout=2
-        )
-    except Exception:
-        return None
-    try:
-        reply = await request(nc, WRITER, "query", {"sql": sql, "parquet_root": parquet_root}, timeout_s=600)
-    except Exception:  # no responders, timeout: no writer here
-        return None
-    finally:
-        await nc.close()
-    if not reply.get("ok"):
-        return f"error: {reply.get('error')}"
-    try:
-        return pl.read_parquet(reply["path"])
-    finally:
-        os.unlink(reply["path"])
+        got = await query_through_writer([("q", sql)], parquet_root, nats=nats, duckdb=duckdb, name="marketprism-query")
+    except WriterQueryError as exc:
+        return f"error: {exc}"
+    return None if got is None else got["q"]
 
 
 def _emit(df: pl.DataFrame, format: str, output: str | None) -> None:
